@@ -1,0 +1,137 @@
+"""What every actor process shares: start-up, the work loop, wake-ups and warm stop.
+
+An actor is a long-lived process of one kind (building, submit, status, notification) that takes
+batches of work from MongoDB by atomic claims. It sleeps on its pool's *bell* (an Event rung by the
+Monitor when the change stream shows work for the pool, and by upstream actors when they hand work
+on) or until the poll interval passes, so it works even without change streams.
+
+Stopping: the first SIGTERM asks the actor to stop after the batch in hand (a warm stop: work is
+finished, or given back, never left half done); the Monitor sends SIGKILL if that takes too long,
+and expired leases bring back anything left.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.synchronize
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import FrameType
+from typing import ClassVar
+
+from pymongo.errors import PyMongoError
+from setproctitle import setproctitle
+
+from execution_engine.config import EngineConfig
+from execution_engine.logs import log_to_queue
+from execution_engine.store import JobStore
+
+log = logging.getLogger(__name__)
+
+POOLS = ("building", "submit", "status", "notification")
+
+
+@dataclass(frozen=True)
+class ActorContext:
+    """What the Monitor gives each actor process (picklable: actors are spawned)."""
+
+    config: EngineConfig
+    mongodb_uri: str
+    instance: str
+    """The daemon instance id: ``<host>/<uuid>``; lease owners start with it."""
+    log_queue: object
+    bells: dict[str, multiprocessing.synchronize.Event]
+    index: int = 0
+
+
+class Actor(ABC):
+    """Base of the four actors. Subclasses implement :meth:`work_once`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.name = f"{self.kind}-{ctx.index}"
+        self.owner = f"{ctx.instance}/{self.name}/{os.getpid()}"
+        self.stopping = False
+        self.store: JobStore
+        self.bell = ctx.bells[self.kind]
+
+    # ------------------------------------------------------------------ process life
+    def main(self) -> None:
+        setproctitle(f"execd: {self.kind}-actor")
+        log_to_queue(self.ctx.log_queue, self.config.engine.log_level, self.name)
+        signal.signal(signal.SIGTERM, self._ask_stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master handles ^C for the tree
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.umask(self.config.engine.umask)
+        self.store = JobStore.open(self.ctx.mongodb_uri, self.config.mongodb.database,
+                                   timeout=self.config.mongodb.server_selection_timeout,
+                                   app_name=f"execd-{self.name}")
+        log.debug("started as %s", self.owner)
+        try:
+            self.setup()
+            self.loop()
+        finally:
+            self.teardown()
+            self.store.close()
+        log.debug("stopped")
+
+    def _ask_stop(self, signum: int, frame: FrameType | None) -> None:
+        # Only a flag: setting the bell here could deadlock with the bell.wait() this signal
+        # interrupted (multiprocessing's Condition waits for its sleepers). The Monitor rings
+        # every bell after sending TERM, and waits are bounded by the poll interval anyway.
+        self.stopping = True
+
+    def loop(self) -> None:
+        backoff = 0.0
+        while not self.stopping:
+            self.bell.clear()
+            try:
+                did_work = self.work_once()
+                backoff = 0.0
+            except PyMongoError as exc:
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                log.warning("MongoDB error, retrying in %.1fs: %s", backoff, exc)
+                time.sleep(backoff)
+                continue
+            if not did_work and not self.stopping:
+                self.idle()
+
+    def idle(self) -> None:
+        """Sleep until the bell rings or the idle timeout passes."""
+        self.bell.wait(self.idle_timeout())
+
+    def idle_timeout(self) -> float:
+        """How long to sleep when there is nothing to do (a bell ends the sleep early)."""
+        return self.config.monitor.poll_interval
+
+    def ring(self, *pools: str) -> None:
+        """Tell other pools they have work (faster than waiting for the change stream)."""
+        for pool in pools:
+            self.ctx.bells[pool].set()
+
+    # ------------------------------------------------------------------ for subclasses
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Prepare what the actor needs after the store is open."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``setup`` took."""
+
+    @abstractmethod
+    def work_once(self) -> bool:
+        """Do one batch of work; True when there was any (the loop then goes on at once)."""
+
+
+def run_actor(actor_class: type[Actor], ctx: ActorContext) -> None:
+    """Process entry point (top level, so that the spawn start method can pickle it)."""
+    try:
+        actor_class(ctx).main()
+    except Exception:
+        # Into the daemon's log (not only stderr), so that the admin sees why it died.
+        log.critical("%s actor failed", actor_class.kind, exc_info=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,192 @@
+"""The Submit actor: ``to be submitted`` -> ``submitting`` -> an active state (or ``error``).
+
+For each claimed job: ask the Dispatcher for a route (once: the choice is kept on the job), then
+the route's execution system to run it, and store the native id straight away. Never twice:
+
+* the claim marks a submission attempt on the job before ``run`` is called;
+* a job whose Submit actor died in between comes back marked for recovery (see
+  ``JobStore.recover_expired``), and the execution system is first asked whether it already has
+  the job (``ExecutionSystem.find``, by the job's tag or job directory) before a new ``run``.
+
+A system with no free slot (``NoCapacity``) gets its jobs back in ``to be submitted`` with the
+chosen system recorded, and is not offered more until a slot frees or the poll interval passes;
+a system that cannot be reached (``SystemUnavailable``) likewise, with a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from pymongo import UpdateOne
+
+from execution_engine.actors.base import Actor
+from execution_engine.errors import (
+    NoCapacity,
+    RoutingError,
+    SubmissionRejected,
+    SystemUnavailable,
+)
+from execution_engine.jobdoc import spec_of
+from execution_engine.logs import job_extra
+from execution_engine.registry import create_systems, load_registry
+from execution_engine.routing.dispatcher import Dispatcher
+from execution_engine.states import JobState
+from execution_engine.store import HISTORY_LIMIT, Transition, end_fields, transition, utcnow
+from execution_engine.systems.base import ExecutionSystem, host_name
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 50
+"""Saved submissions are written in batches of this many (or at the end of the claimed batch):
+a crash in between is covered by recovery through ``find``, so batching loses nothing."""
+
+
+class SubmitActor(Actor):
+    kind: ClassVar[str] = "submit"
+
+    def setup(self) -> None:
+        registry = load_registry(self.config)
+        self.systems: dict[str, ExecutionSystem] = create_systems(registry, self.config)
+        self.dispatcher = Dispatcher.from_config(self.config, registry.rules)
+        self.host = host_name()
+        self.blocked_until: dict[str, float] = {}
+        self.unavailable_backoff: dict[str, float] = {}
+
+    def teardown(self) -> None:
+        for system in getattr(self, "systems", {}).values():
+            system.close()
+
+    def idle_timeout(self) -> float:
+        waits = [until - time.monotonic() for until in self.blocked_until.values()]
+        return max(0.01, min([self.config.monitor.poll_interval, *waits]))
+
+    # ------------------------------------------------------------------ work
+    def work_once(self) -> bool:
+        now = time.monotonic()
+        blocked = [name for name, until in self.blocked_until.items() if until > now]
+        jobs = self.store.claim(
+            JobState.TO_BE_SUBMITTED, JobState.SUBMITTING, owner=self.owner,
+            limit=self.config.actors.batch_size, lease_seconds=self.config.monitor.lease_seconds,
+            extra_filter={
+                "system": {"$nin": blocked},
+                "$or": [{"submission.retry_at": {"$exists": False}},
+                        {"submission.retry_at": {"$lte": utcnow()}}],
+            },
+            extra_update={"$inc": {"submission.attempts": 1}},
+            record=False,  # a job waiting for a slot is claimed again and again
+        )
+        if not jobs:
+            return False
+        pending: list[Transition | UpdateOne] = []
+        for doc in jobs:
+            if self.stopping or self._is_blocked(doc.get("system")):
+                pending.append(self._put_back(doc, doc.get("system"), None))
+                continue
+            pending.append(self.submit_one(doc))
+            if len(pending) >= FLUSH_EVERY:
+                self._flush(pending)
+        self._flush(pending)
+        return True
+
+    def _flush(self, pending: list[Transition | UpdateOne]) -> None:
+        if pending:
+            self.store.apply(pending)
+            pending.clear()
+            self.ring("status", "notification")
+
+    def _is_blocked(self, system: str | None) -> bool:
+        return system is not None and self.blocked_until.get(system, 0.0) > time.monotonic()
+
+    def submit_one(self, doc: Mapping[str, Any]) -> Transition | UpdateOne:
+        job_id = doc["_id"]
+        token = doc["lease"]["token"]
+        notify = doc.get("notify", True) is not False
+
+        def fail(message: str) -> Transition:
+            return transition(job_id, JobState.SUBMITTING, JobState.ERROR, by=self.owner,
+                              message=message, lease_token=token, fields=end_fields(notify))
+
+        if doc.get("cancel_requested") is True:
+            return transition(job_id, JobState.SUBMITTING, JobState.KILLED, by=self.owner,
+                              message="cancelled before submission", lease_token=token,
+                              fields=end_fields(notify))
+        try:
+            route_name, system_name = self._route(doc)
+        except RoutingError as exc:
+            log.info("%s", exc.reason, extra=job_extra(job_id))
+            return fail(exc.reason)
+        if self._is_blocked(system_name):
+            return self._put_back(doc, system_name, route_name)
+        system = self.systems[system_name]
+        spec = spec_of(doc)
+        try:
+            native_id = system.find(spec) if doc.get("submission", {}).get("recover") else None
+            if native_id is not None:
+                log.info("found already submitted as %s; not submitting again", native_id,
+                         extra=job_extra(job_id))
+                state = JobState.SUBMITTED
+            else:
+                submission = system.run(spec)
+                native_id, state = submission.native_id, submission.state
+        except NoCapacity:
+            self.blocked_until[system_name] = time.monotonic() + self.config.monitor.poll_interval
+            return self._put_back(doc, system_name, route_name)
+        except SubmissionRejected as exc:
+            log.info("rejected by %s: %s", system_name, exc.reason, extra=job_extra(job_id))
+            return fail(f"rejected by execution system {system_name}: {exc.reason}")
+        except SystemUnavailable as exc:
+            delay = min(max(self.unavailable_backoff.get(system_name, 0.0) * 2, 1.0), 300.0)
+            self.unavailable_backoff[system_name] = delay
+            self.blocked_until[system_name] = time.monotonic() + delay
+            log.warning("%s unavailable, retrying in %.0fs: %s", system_name, delay, exc.reason,
+                        extra=job_extra(job_id))
+            return self._put_back(doc, system_name, route_name, retry_in=delay)
+        except Exception as exc:  # a system plugin's bug must not stop other jobs
+            log.exception("execution system %s failed to submit", system_name,
+                          extra=job_extra(job_id))
+            return fail(f"execution system {system_name} failed to submit: {exc!r}")
+        self.unavailable_backoff.pop(system_name, None)
+        now = utcnow()
+        fields: dict[str, Any] = {"native_id": native_id, "system": system_name,
+                                  "route": route_name, "submitted_at": now}
+        if system.host_bound:
+            fields["host"] = self.host
+        if state is JobState.RUNNING:
+            fields["started_at"] = now
+        log.debug("submitted to %s as %s", system_name, native_id, extra=job_extra(job_id))
+        return transition(job_id, JobState.SUBMITTING, state, by=self.owner, lease_token=token,
+                          fields=fields, unset=("submission.recover", "submission.retry_at"))
+
+    def _route(self, doc: Mapping[str, Any]) -> tuple[str, str]:
+        """The (route, system) for the job: the one already chosen, else the Dispatcher's."""
+        if doc.get("route") and doc.get("system") in self.systems:
+            return doc["route"], doc["system"]
+        outcome = self.dispatcher.route(doc)
+        if outcome.system not in self.systems:
+            raise RoutingError(doc["_id"], f"route {outcome.route} names unknown execution "
+                                           f"system {outcome.system}")
+        return outcome.route, outcome.system
+
+    def _put_back(self, doc: Mapping[str, Any], system: str | None, route: str | None,
+                  retry_in: float | None = None) -> UpdateOne:
+        """Return a claimed job to ``to be submitted`` without a history entry (a job waiting for
+        a slot may come back many times; its history records real changes only)."""
+        sets: dict[str, Any] = {"state": JobState.TO_BE_SUBMITTED.value, "updated_at": utcnow()}
+        if system is not None:
+            sets["system"] = system
+        if route is not None:
+            sets["route"] = route
+        if retry_in is not None:
+            sets["submission.retry_at"] = utcnow() + timedelta(seconds=retry_in)
+        return UpdateOne(
+            {"_id": doc["_id"], "state": JobState.SUBMITTING.value,
+             "lease.token": doc["lease"]["token"]},
+            {"$set": sets, "$unset": {"lease": ""}, "$inc": {"submission.attempts": -1}},
+        )
+
+
+__all__ = ["HISTORY_LIMIT", "SubmitActor"]

@@ -1,0 +1,421 @@
+"""The ``execd`` command line.
+
+Daemon commands: ``start``, ``stop``, ``reload``, ``status`` (LSB exit codes: 0 running,
+1 dead with a pid file left, 3 not running), ``run`` (foreground, for systemd and containers).
+Client commands: ``submit``, ``jobs``, ``show``, ``wait``, ``kill``, ``route``, ``systems``.
+
+Every command takes ``-c FILE`` (else ``$EXECD_CONFIG``, else ``/etc/execd/execd.ini``, else
+built-in defaults). Errors are printed as ``execd: <what is wrong>`` with exit status 2 for usage
+and configuration errors and 1 for the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bson import json_util
+from pymongo.errors import PyMongoError
+
+from execution_engine import __version__
+from execution_engine.config import EngineConfig, load_config
+from execution_engine.daemon import (
+    clear_stale_pid_file,
+    read_pid,
+    run_foreground,
+    running_pid,
+    signal_daemon,
+    start_daemon,
+    status_info,
+    wait_gone,
+    wait_reload,
+)
+from execution_engine.errors import ConfigError, ExecdError, NotRunning
+from execution_engine.jobdoc import new_job_document
+from execution_engine.states import ENDED_STATES, JobState
+from execution_engine.store import JobStore, as_job_id
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+LSB_RUNNING, LSB_DEAD_PID_FILE, LSB_NOT_RUNNING = 0, 1, 3
+
+
+# ---------------------------------------------------------------------- helpers
+def mongodb_uri(config: EngineConfig) -> str:
+    """The URI client commands use: the configured one, else the running embedded mongod's."""
+    if config.mongodb.uri:
+        return config.mongodb.uri
+    try:
+        uri = config.engine.mongodb_uri_file.read_text().strip()
+    except OSError:
+        uri = ""
+    if not uri or running_pid(config) is None:
+        raise NotRunning(
+            "execd is not running and no [mongodb] uri is configured: start it with "
+            f"'execd start' (config: {config.describe_source()})"
+        )
+    return uri
+
+
+def open_store(config: EngineConfig) -> JobStore:
+    return JobStore.open(mongodb_uri(config), config.mongodb.database,
+                         timeout=config.mongodb.server_selection_timeout, app_name="execd-cli")
+
+
+def find_job(store: JobStore, job_id: str) -> dict[str, Any]:
+    doc = store.get(job_id)
+    if doc is None:
+        raise ExecdError(f"no job {job_id}")
+    return doc
+
+
+def as_json(doc: Any) -> str:
+    return json.dumps(json.loads(json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS)),
+                      indent=2)
+
+
+def _fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else "-"
+
+
+# ---------------------------------------------------------------------- daemon commands
+def cmd_start(config: EngineConfig, args: argparse.Namespace) -> int:
+    code, message = start_daemon(config)
+    print(message, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def cmd_run(config: EngineConfig, args: argparse.Namespace) -> int:
+    return run_foreground(config)
+
+
+def cmd_stop(config: EngineConfig, args: argparse.Namespace) -> int:
+    pid = running_pid(config)
+    if pid is None:
+        note = clear_stale_pid_file(config)
+        print(note or "execd is not running")
+        return EXIT_OK
+    signal_daemon(config, signal.SIGTERM)
+    print(f"stopping execd (pid {pid})...", flush=True)
+    if wait_gone(pid, args.timeout):
+        print("execd stopped")
+        return EXIT_OK
+    print(f"execd: still running after {args.timeout:.0f}s (pid {pid}); "
+          "'execd stop' again sends a second TERM, which kills the actors", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_reload(config: EngineConfig, args: argparse.Namespace) -> int:
+    # Check here first, so that the administrator sees the error right away.
+    from execution_engine.registry import load_registry
+
+    load_registry(config)
+    since = time.time()
+    pid = signal_daemon(config, signal.SIGHUP)
+    result = wait_reload(config, since, args.timeout)
+    if result is None:
+        print(f"execd: no answer to the reload from pid {pid} in {args.timeout:.0f}s",
+              file=sys.stderr)
+        return EXIT_FAIL
+    if not result.get("ok"):
+        print(f"execd: reload refused, previous configuration kept: {result.get('error')}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    print(f"execd reloaded (pid {pid})")
+    for key in result.get("needs_restart", []):
+        print(f"note: {key} changed; it takes effect at the next restart")
+    return EXIT_OK
+
+
+def cmd_status(config: EngineConfig, args: argparse.Namespace) -> int:
+    pid = running_pid(config)
+    if pid is None:
+        stale = read_pid(config.engine.pid_file)
+        if stale is not None:
+            print(f"execd is not running, but its pid file {config.engine.pid_file} names "
+                  f"pid {stale}")
+            return LSB_DEAD_PID_FILE
+        print("execd is not running")
+        return LSB_NOT_RUNNING
+    info = status_info(config)
+    uptime = time.time() - float(info.get("started_at", time.time()))
+    print(f"execd is running: pid {pid}, up {_fmt_duration(uptime)}")
+    print(f"config:   {config.describe_source()}")
+    uri = info.get("mongodb_uri") or config.mongodb.uri
+    print(f"database: {uri} ({config.mongodb.database})"
+          + (" [embedded]" if info.get("embedded_mongodb") else ""))
+    try:
+        store = JobStore.open(uri, config.mongodb.database, timeout=3)
+        counts = store.counts()
+        store.close()
+    except PyMongoError as exc:
+        print(f"jobs:     database not reachable ({exc})")
+        return LSB_RUNNING
+    print("jobs:")
+    for state in JobState:
+        if counts.get(state.value):
+            print(f"  {state.value:<16} {counts[state.value]}")
+    others = {k: v for k, v in counts.items() if k not in {s.value for s in JobState}}
+    for value, n in others.items():
+        print(f"  {value!r:<16} {n} (not a job state)")
+    if not counts:
+        print("  (none)")
+    return LSB_RUNNING
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+# ---------------------------------------------------------------------- client commands
+def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
+    command = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigError("submit: give the command after '--', e.g. execd submit -- echo hi")
+    env = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"submit: --env {item!r} is not NAME=VALUE")
+        env[key] = value
+    doc = new_job_document(command, name=args.name, owner=args.owner, project=args.project,
+                           environment=env, notify=False if args.no_notify else None)
+    store = open_store(config)
+    try:
+        job_id = store.insert(doc)
+    finally:
+        store.close()
+    print(job_id)
+    return EXIT_OK
+
+
+def cmd_jobs(config: EngineConfig, args: argparse.Namespace) -> int:
+    store = open_store(config)
+    try:
+        query: dict[str, Any] = {}
+        if args.state:
+            query["state"] = args.state
+        if args.owner:
+            query["owner"] = args.owner
+        cursor = store.jobs.find(query, {"history": 0, "outputs": 0}).sort("_id", -1)
+        docs = list(cursor.limit(args.limit))
+    finally:
+        store.close()
+    if args.json:
+        print(as_json(docs))
+        return EXIT_OK
+    rows = [(str(d["_id"]), str(d.get("state", "?")), str(d.get("name", "-"))[:30],
+             str(d.get("owner", "-"))[:24], str(d.get("system", "-")),
+             _fmt_time(d.get("updated_at") or d.get("created_at"))) for d in docs]
+    header = ("ID", "STATE", "NAME", "OWNER", "SYSTEM", "UPDATED")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
+    store = open_store(config)
+    try:
+        doc = find_job(store, args.job)
+    finally:
+        store.close()
+    if args.json:
+        print(as_json(doc))
+        return EXIT_OK
+    fields = ["state", "status_message", "name", "owner", "project", "command", "system",
+              "route", "native_id", "host", "exit_code", "job_dir", "created_at",
+              "submitted_at", "started_at", "ended_at"]
+    print(f"job {doc['_id']}")
+    for field in fields:
+        if field in doc and doc[field] not in (None, ""):
+            value = doc[field]
+            shown = _fmt_time(value) if field.endswith("_at") else value
+            print(f"  {field + ':':<16}{shown}")
+    if doc.get("cancel_requested"):
+        print(f"  {'cancel:':<16}requested")
+    notification = doc.get("notification")
+    if notification:
+        print(f"  {'notification:':<16}{notification.get('state')}"
+              + (f" ({notification['error']})" if notification.get("error") else ""))
+    if doc.get("outputs"):
+        print("  outputs:")
+        for out in doc["outputs"]:
+            print(f"    {out['path']} ({out.get('size')} bytes)")
+    if doc.get("history"):
+        print("  history:")
+        for entry in doc["history"]:
+            message = f"  {entry['message']}" if entry.get("message") else ""
+            print(f"    {_fmt_time(entry.get('at'))}  {entry.get('state')}{message}")
+    return EXIT_OK
+
+
+def cmd_wait(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Exit 0 when the job finished with exit code 0; 1 when it ended otherwise; 124 on
+    timeout (as timeout(1) does)."""
+    store = open_store(config)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    ended = {s.value for s in ENDED_STATES}
+    try:
+        while True:
+            doc = find_job(store, args.job)
+            if doc.get("state") in ended:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"execd: job {args.job} still {doc.get('state')} after {args.timeout}s",
+                      file=sys.stderr)
+                return 124
+            time.sleep(0.1)
+    finally:
+        store.close()
+    state = doc["state"]
+    detail = f": {doc['status_message']}" if doc.get("status_message") else ""
+    print(f"{doc['_id']} {state}{detail}")
+    return EXIT_OK if state == JobState.FINISHED.value and doc.get("exit_code") == 0 else EXIT_FAIL
+
+
+def cmd_kill(config: EngineConfig, args: argparse.Namespace) -> int:
+    store = open_store(config)
+    try:
+        doc = store.request_cancel(as_job_id(args.job))
+    finally:
+        store.close()
+    if doc is None:
+        raise ExecdError(f"no job {args.job}")
+    if doc.get("state") in {s.value for s in ENDED_STATES}:
+        print(f"{doc['_id']} already ended ({doc['state']})")
+    else:
+        print(f"{doc['_id']} cancellation requested (was {doc.get('state')})")
+    return EXIT_OK
+
+
+def cmd_route(config: EngineConfig, args: argparse.Namespace) -> int:
+    from execution_engine.registry import load_registry
+    from execution_engine.routing.dispatcher import Dispatcher
+
+    store = open_store(config)
+    try:
+        doc = find_job(store, args.job)
+    finally:
+        store.close()
+    if doc.get("route"):
+        print(f"job {doc['_id']} took route {doc['route']} -> system {doc.get('system')}")
+    outcomes = Dispatcher.from_config(config, load_registry(config).rules).explain(doc)
+    verb = "would take" if not doc.get("route") else "by the current routes would take"
+    for outcome in outcomes:
+        print(("  * " if outcome.passed else "  - ") + outcome.explain())
+    if outcomes and outcomes[-1].passed:
+        print(f"job {doc['_id']} {verb} route {outcomes[-1].route} -> {outcomes[-1].system}")
+        return EXIT_OK
+    print(f"job {doc['_id']}: no route accepts it")
+    return EXIT_FAIL
+
+
+def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
+    from execution_engine.registry import load_registry
+
+    registry = load_registry(config)
+    print("execution systems (config section: class, source):")
+    for section in config.systems:
+        source = registry.sources.get(f"system:{section.cls}", "?")
+        print(f"  {section.name}: {section.cls} ({source})")
+    print("available classes:")
+    for kind in sorted(registry.systems):
+        print(f"  {kind} ({registry.sources[f'system:{kind}']})")
+    print("routing rules:")
+    for name in sorted(registry.rules):
+        print(f"  {name} ({registry.sources[f'rule:{name}']})")
+    print("routes (in order):")
+    for route in config.routes:
+        rules = ", ".join(r.name for r in route.rules) or "no rules: every job"
+        print(f"  {route.name} -> {route.system}: {rules}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="execd", description="execd: a job execution engine daemon.")
+    parser.add_argument("-c", "--config", help="configuration file (default: $EXECD_CONFIG, "
+                        "else /etc/execd/execd.ini, else built-in defaults)")
+    parser.add_argument("--version", action="version", version=f"execd {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("start", help="start the daemon in the background").set_defaults(func=cmd_start)
+    sub.add_parser("run", help="run the daemon in the foreground").set_defaults(func=cmd_run)
+    p = sub.add_parser("stop", help="stop the daemon (running jobs keep running)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("reload", help="re-read the configuration and plugins")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_reload)
+    sub.add_parser("status", help="is the daemon running? (LSB exit codes)"
+                   ).set_defaults(func=cmd_status)
+
+    p = sub.add_parser("submit", help="submit a job: execd submit [options] -- CMD [ARG...]")
+    p.add_argument("--name")
+    p.add_argument("--owner", help="owner (an email address is notified at the end)")
+    p.add_argument("--project")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE")
+    p.add_argument("--no-notify", action="store_true", help="do not notify the owner")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--state", choices=[s.value for s in JobState], metavar="STATE")
+    p.add_argument("--owner")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("show", help="show one job")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("wait", help="wait for a job to end (exit 0 if it finished with code 0)")
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("kill", help="cancel a job wherever it is")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("route", help="which route a job took or would take, and why")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_route)
+
+    sub.add_parser("systems", help="list execution systems, rules and routes"
+                   ).set_defaults(func=cmd_systems)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        code: int = args.func(config, args)
+        return code
+    except ConfigError as exc:
+        print(f"execd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ExecdError, PyMongoError, OSError) as exc:
+        print(f"execd: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The job document: checking what a client wrote, and the values the engine derives from it.
+
+The contract is ``schema/job.schema.json`` (documented in ``docs/job-contract.md``). Checking
+reports every problem at once, each naming the field, so that a client can fix its job in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import bson
+from jsonschema import Draft202012Validator
+
+from execution_engine.systems.base import JobSpec, Resources
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_PROJECT = "default"
+
+
+@cache
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of the job document, as shipped in the package."""
+    text = resources.files("execution_engine").joinpath("schema/job.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(job_schema())
+
+
+def job_id_text(job_id: object) -> str:
+    return str(job_id)
+
+
+def check_job(
+    doc: Mapping[str, Any], *, max_command_bytes: int, max_document_bytes: int
+) -> list[str]:
+    """Every way the client part of ``doc`` breaks the job contract; empty when it is fine."""
+    problems: list[str] = []
+    size = len(bson.encode(dict(doc)))
+    if size > max_document_bytes:
+        problems.append(
+            f"document is {size} bytes, more than the {max_document_bytes} allowed"
+            " ([engine] max_document_bytes)"
+        )
+        return problems  # everything else would be slow to check and beside the point
+    if not SAFE_ID.match(job_id_text(doc.get("_id"))):
+        problems.append(
+            f"_id {job_id_text(doc.get('_id'))[:80]!r} cannot name a job directory"
+            " (1-64 letters, digits, '.', '_' or '-', not starting with a dot)"
+        )
+    client_part = {k: v for k, v in doc.items() if k != "_id"}
+    for error in sorted(_validator().iter_errors(client_part), key=lambda e: list(e.path)):
+        field = ".".join(str(p) for p in error.absolute_path) or "(document)"
+        problems.append(f"{field}: {_short(error.message)}")
+    command = doc.get("command")
+    if isinstance(command, list) and all(isinstance(a, str) for a in command):
+        length = sum(len(a.encode()) + 1 for a in command)
+        if length > max_command_bytes:
+            problems.append(
+                f"command: {length} bytes, more than the {max_command_bytes} allowed"
+                " ([engine] max_command_bytes)"
+            )
+        if any("\0" in a for a in command):
+            problems.append("command: an argument contains a NUL character")
+    return problems
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def job_name(doc: Mapping[str, Any]) -> str:
+    name = doc.get("name")
+    if isinstance(name, str) and name:
+        return name
+    command = doc.get("command")
+    if isinstance(command, list) and command and isinstance(command[0], str):
+        return Path(command[0]).name or command[0]
+    return job_id_text(doc.get("_id"))
+
+
+def job_project(doc: Mapping[str, Any]) -> str:
+    project = doc.get("project")
+    return project if isinstance(project, str) and project else DEFAULT_PROJECT
+
+
+def job_dir_for(jobs_root: Path, doc: Mapping[str, Any]) -> Path:
+    """Where a job's directory is: ``<jobs_dir>/<project>/<job id>`` (both checked safe)."""
+    return jobs_root / job_project(doc) / job_id_text(doc["_id"])
+
+
+def spec_of(doc: Mapping[str, Any]) -> JobSpec:
+    """The :class:`JobSpec` an execution system is given for a built job."""
+    return JobSpec(
+        job_id=job_id_text(doc["_id"]),
+        name=job_name(doc),
+        job_dir=Path(doc["job_dir"]),
+        owner=doc.get("owner"),
+        project=job_project(doc),
+        resources=Resources.from_document(doc.get("requirements")),
+        native_id=doc.get("native_id"),
+    )
+
+
+def new_job_document(
+    command: list[str],
+    *,
+    name: str | None = None,
+    owner: str | None = None,
+    project: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    requirements: Mapping[str, Any] | None = None,
+    notify: bool | None = None,
+) -> dict[str, Any]:
+    """A job document as a client writes it (what ``execd submit`` inserts)."""
+    doc: dict[str, Any] = {"state": "to be built", "command": list(command)}
+    optional = {
+        "name": name,
+        "owner": owner,
+        "project": project,
+        "environment": dict(environment) if environment else None,
+        "requirements": dict(requirements) if requirements else None,
+        "notify": notify,
+    }
+    doc.update({k: v for k, v in optional.items() if v is not None})
+    return doc

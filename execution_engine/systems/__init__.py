@@ -1,0 +1,1 @@
+"""Execution systems: where jobs run (Local, Grid Engine, Torque/PBS, Slurm)."""

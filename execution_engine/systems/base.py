@@ -1,0 +1,263 @@
+"""The contract between the engine and an execution system (Local, Grid Engine, Torque, Slurm...).
+
+An execution system knows how to start a built job, tell how its jobs are doing, and stop one. It
+never touches MongoDB: the Submit and Status actors turn what it returns into job state changes.
+Everything it needs about a job comes in a :class:`JobSpec`.
+
+Error contract, for every method:
+
+* :class:`~execution_engine.errors.SubmissionRejected` (from ``run``): the system refused the job
+  for good; the job ends in ``error`` with the message.
+* :class:`~execution_engine.errors.SystemUnavailable` (any method): the system cannot answer now;
+  nothing is decided about the job and the engine retries with backoff. A scheduler outage must
+  never turn into failed jobs.
+* :class:`~execution_engine.errors.NoCapacity` (from ``run``): no free slot now; the job waits.
+* Any other exception is a bug in the system plugin; the engine logs it with the system's name and
+  treats it as ``SystemUnavailable`` for status and kill, and as a rejection for ``run``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from execution_engine.states import JobState
+
+#: Files the job script writes into the job directory, relative to it. The exit-code file is the
+#: truth about how a job ended: schedulers forget finished jobs, the file stays.
+ENGINE_DIR = ".execd"
+SCRIPT_NAME = f"{ENGINE_DIR}/job.sh"
+EXIT_CODE_NAME = f"{ENGINE_DIR}/exit_code"
+PID_NAME = f"{ENGINE_DIR}/pid"
+SCHEDULER_LOG_NAME = f"{ENGINE_DIR}/scheduler.log"
+STDOUT_NAME = "job.stdout"
+STDERR_NAME = "job.stderr"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks of the execution system. ``None`` means "the system's default"."""
+
+    cores: int | None = None
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+    queue: str | None = None
+    software: tuple[str, ...] = ()
+
+    @classmethod
+    def from_document(cls, requirements: Mapping[str, Any] | None) -> Resources:
+        """Resources from a validated job document's ``requirements`` field."""
+        req = requirements or {}
+        return cls(
+            cores=req.get("cores"),
+            memory_mb=req.get("memory_mb"),
+            walltime_s=req.get("walltime_s"),
+            queue=req.get("queue"),
+            software=tuple(req.get("software", ())),
+        )
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything an execution system is told about one job."""
+
+    job_id: str
+    name: str
+    job_dir: Path
+    owner: str | None = None
+    project: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    native_id: str | None = None
+    """Set once the job was submitted: what ``get_statuses`` and ``kill`` refer to."""
+
+    @property
+    def tag(self) -> str:
+        """The name the job carries at the scheduler; unique, so that recovery can find a job
+        whose submission was not recorded (see :meth:`ExecutionSystem.find`)."""
+        return f"execd-{self.job_id}"
+
+    @property
+    def script(self) -> Path:
+        return self.job_dir / SCRIPT_NAME
+
+    @property
+    def exit_code_file(self) -> Path:
+        return self.job_dir / EXIT_CODE_NAME
+
+    @property
+    def scheduler_log(self) -> Path:
+        return self.job_dir / SCHEDULER_LOG_NAME
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What ``run`` returns: the scheduler's id for the job and its state right after submission."""
+
+    native_id: str
+    state: JobState = JobState.SUBMITTED
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """How one job is doing, as seen by its execution system.
+
+    ``state`` is an engine state (pending, running, hold, finished, error, killed) or ``None`` for
+    "unknown for now" (the job is left alone). For an ended job, ``exit_code`` comes from the job's
+    exit-code file when it has one.
+    """
+
+    state: JobState | None
+    exit_code: int | None = None
+    message: str = ""
+
+    @property
+    def is_unknown(self) -> bool:
+        return self.state is None
+
+
+UNKNOWN = StatusReport(None)
+
+
+def read_exit_code(job: JobSpec) -> int | None:
+    """The exit code the job script recorded, or None while there is none (or it is half written).
+    """
+    try:
+        text = job.exit_code_file.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def ended_report(job: JobSpec, native_says: str = "") -> StatusReport:
+    """The final report for a job the scheduler no longer runs, from its exit-code file.
+
+    A missing exit-code file means the job script itself was killed (by the scheduler, a signal,
+    the walltime, the node); the job ends in ``error`` saying so, with what the scheduler said.
+    """
+    code = read_exit_code(job)
+    if code is None:
+        reason = "the job ended without recording an exit code (killed by the system?)"
+        return StatusReport(JobState.ERROR, None, f"{reason} {native_says}".strip())
+    if code == 0:
+        return StatusReport(JobState.FINISHED, 0)
+    return StatusReport(JobState.ERROR, code, describe_exit_code(code))
+
+
+def describe_exit_code(code: int) -> str:
+    """A job exit status in words: ``exit code 3`` or ``killed by signal 9 (SIGKILL)``."""
+    if code > 128:
+        import signal
+
+        try:
+            name = signal.Signals(code - 128).name
+            return f"exit code {code} (killed by signal {code - 128}, {name})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+class ExecutionSystem(ABC):
+    """An execution system: where jobs run.
+
+    One instance per configured system, created in each actor process that needs it, from its
+    configuration section. Instances are used from one thread at a time.
+    """
+
+    #: The class name used in the ``class`` key of a system section of the config.
+    kind: ClassVar[str] = ""
+    #: True when only the host that started a job can see it (Local): status and kills of its jobs
+    #: are done on that host only.
+    host_bound: ClassVar[bool] = False
+    #: Default seconds between two status cycles for this system (overridable per system).
+    default_status_interval: ClassVar[float] = 5.0
+
+    #: The class's own configuration keys, in configspec (``validate``) syntax, checked when the
+    #: system is created; errors name the system's section and the key.
+    option_spec: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        """``options`` are the checked keys of the system's config section, plus ``state_dir``:
+        a directory of this system's own under the engine's state directory."""
+        self.name = name
+        self.options = dict(options)
+
+    @classmethod
+    def process_environment(cls, options: Mapping[str, Any]) -> dict[str, str]:
+        """Environment variables a process must be *started* with to use this system.
+
+        Some libraries can only be loaded when the process began with a given environment (a
+        DRMAA library linking jemalloc needs extra static TLS reserved by glibc at start-up), so
+        setting them later from the system itself is too late. The engine merges the answers of
+        every configured system into the environment of the actor processes it spawns. ``options``
+        are the checked options of one system section. Must not load anything: it is called in
+        the master process. The default is no variable at all.
+        """
+        return {}
+
+    @abstractmethod
+    def run(self, job: JobSpec) -> Submission:
+        """Submit the built job (its script is ``job.script``).
+
+        On return the job is known to the system under ``Submission.native_id``. Raises
+        SubmissionRejected, SystemUnavailable or NoCapacity (see the module docstring).
+        """
+
+    @abstractmethod
+    def get_statuses(self, jobs: Iterable[JobSpec]) -> dict[str, StatusReport]:
+        """The status of every given job (each has ``native_id``), keyed by ``job_id``, asked of the
+        scheduler in one batch (one ``squeue``/``qstat``/DRMAA pass for all, not one per job).
+
+        A job the scheduler has forgotten is resolved from its exit-code file
+        (:func:`ended_report`). A job missing from the result is treated as unknown for now.
+        Raises SystemUnavailable when the scheduler cannot be asked.
+        """
+
+    def get_status(self, job: JobSpec) -> StatusReport:
+        """The status of one job; same contract as :meth:`get_statuses`."""
+        return self.get_statuses([job]).get(job.job_id, UNKNOWN)
+
+    @abstractmethod
+    def kill(self, job: JobSpec, force: bool = False) -> None:
+        """Ask the system to stop the job (``force``: without a grace period). Killing a job that
+        has already ended is not an error. The job's end is seen by a later status call."""
+
+    def find(self, job: JobSpec) -> str | None:
+        """The native id of the job if the system already has it (looked up by ``job.tag`` or the
+        job directory), else None. Used after a crash between ``run`` and saving its result, so
+        that a job is never submitted twice. Raises SystemUnavailable when it cannot tell."""
+        return None
+
+    def hold(self, job: JobSpec) -> None:
+        """Hold a queued job (or suspend a running one). Optional."""
+        raise NotImplementedError(f"{self.kind} systems cannot hold jobs")
+
+    def release(self, job: JobSpec) -> None:
+        """Release a held job (or resume a suspended one). Optional."""
+        raise NotImplementedError(f"{self.kind} systems cannot release jobs")
+
+    @property
+    def status_interval(self) -> float:
+        return float(self.options.get("status_interval") or self.default_status_interval)
+
+    def wake_fileno(self) -> int | None:
+        """A file descriptor that becomes readable when one of this system's jobs may have changed
+        (Local: a job process exited), so that status can be asked at once; None if none."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most systems hold nothing
+        """Release what the system holds (sessions, connections). Called once at actor exit."""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+def host_name() -> str:
+    """This host's name, as recorded on jobs of host-bound systems."""
+    return os.uname().nodename

@@ -1,0 +1,340 @@
+"""The Local execution system: jobs run as processes of this host.
+
+* Each job runs ``/bin/sh <job script>`` in a session of its own (``setsid``), so it survives a
+  daemon restart and can be killed as a whole process group.
+* At most ``slots`` jobs run at once on the host. A slot is a lock (``flock``) on one of
+  ``slots`` files in the state directory, held by the job script's process: it is given back by
+  the kernel when the job ends, however it ends, even when the daemon is dead. Several Submit
+  actors and several daemons sharing a state directory therefore never overrun the host.
+* The native id is ``<pid>:<start time>`` (start time in clock ticks since boot, from
+  ``/proc``): a recycled pid is never mistaken for the job.
+* Status comes from the exit-code file first, then from the process. Processes are watched through
+  pidfds, so the Status actor wakes the moment a job exits instead of waiting for its next cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from execution_engine.errors import NoCapacity, SubmissionRejected
+from execution_engine.jobscript import SLOT_FD
+from execution_engine.states import JobState
+from execution_engine.systems.base import (
+    PID_NAME,
+    ExecutionSystem,
+    JobSpec,
+    StatusReport,
+    Submission,
+    ended_report,
+    read_exit_code,
+)
+
+log = logging.getLogger(__name__)
+
+SHELL = "/bin/sh"
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def parse_native_id(native_id: str) -> tuple[int, int]:
+    pid, _, start = native_id.partition(":")
+    return int(pid), int(start or 0)
+
+
+def is_alive(pid: int, start: int) -> bool:
+    """True when process ``pid`` exists, is the one started at ``start`` and is not a zombie."""
+    if process_start_time(pid) != start:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")
+
+
+class SlotPool:
+    """``count`` host-wide slots, each a lock on a file in ``directory``."""
+
+    def __init__(self, directory: Path, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        self._next = 0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def try_acquire(self) -> int | None:
+        """A descriptor holding a free slot's lock, or None when all are taken."""
+        for i in range(self.count):
+            index = (self._next + i) % self.count
+            fd = os.open(self.directory / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._next = (index + 1) % self.count
+            return fd
+        return None
+
+    def acquire(self, wait: float) -> int:
+        """A free slot, waiting up to ``wait`` seconds; raises NoCapacity."""
+        deadline = time.monotonic() + wait
+        delay = 0.0005
+        while True:
+            fd = self.try_acquire()
+            if fd is not None:
+                return fd
+            if time.monotonic() >= deadline:
+                raise NoCapacity("local", f"all {self.count} slots are busy")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def free(self) -> int:
+        """How many slots are free right now (a hint: others may take them next)."""
+        free = 0
+        for index in range(self.count):
+            fd = os.open(self.directory / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free += 1
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        return free
+
+
+class PidWatcher:
+    """pidfds of job processes in one epoll set.
+
+    ``reap=True`` (in the process that started the jobs) collects each exited child at once from a
+    background thread, so no zombie is left; otherwise the epoll descriptor only tells a waiting
+    Status actor that a job ended.
+    """
+
+    def __init__(self, reap: bool) -> None:
+        self._epoll = select.epoll()
+        self._fds: dict[int, int] = {}  # pidfd -> pid
+        self._by_pid: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._reap = reap
+        self._thread: threading.Thread | None = None
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def watch(self, pid: int) -> bool:
+        """Watch ``pid``; False when it is already gone."""
+        with self._lock:
+            if pid in self._by_pid:
+                return True
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                return False
+            self._fds[fd] = pid
+            self._by_pid[pid] = fd
+            self._epoll.register(fd, select.EPOLLIN)
+        if self._reap and self._thread is None:
+            self._thread = threading.Thread(target=self._reap_loop, name="local-reaper",
+                                            daemon=True)
+            self._thread.start()
+        return True
+
+    def watched(self) -> set[int]:
+        with self._lock:
+            return set(self._by_pid)
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            fd = self._by_pid.pop(pid, None)
+            if fd is None:
+                return
+            del self._fds[fd]
+            self._epoll.unregister(fd)
+            os.close(fd)
+
+    def drain(self) -> list[int]:
+        """The pids that exited since the last call (non-blocking)."""
+        return [self._fds[fd] for fd, _ in self._epoll.poll(0) if fd in self._fds]
+
+    def _reap_loop(self) -> None:
+        while True:
+            for fd, _ in self._epoll.poll(1.0):
+                with self._lock:
+                    pid = self._fds.get(fd)
+                if pid is None:
+                    continue
+                with contextlib.suppress(ChildProcessError):
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                self.forget(pid)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+            self._by_pid.clear()
+        self._epoll.close()
+
+
+class LocalSystem(ExecutionSystem):
+    """Jobs as processes of this host, ``slots`` at a time."""
+
+    kind: ClassVar[str] = "local"
+    host_bound: ClassVar[bool] = True
+    default_status_interval: ClassVar[float] = 1.0
+    option_spec: ClassVar[Mapping[str, str]] = {
+        "slots": f"integer(min=1, max=100000, default={os.cpu_count() or 1})",
+        "kill_grace": "float(min=0, max=3600, default=10.0)",
+        "slot_wait": "float(min=0, max=60, default=0.5)",
+    }
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.slots = SlotPool(Path(self.options["state_dir"]) / "slots",
+                              int(self.options["slots"]))
+        self.slot_wait = float(self.options["slot_wait"])
+        self.kill_grace = float(self.options["kill_grace"])
+        self._children: PidWatcher | None = None
+        self._watched: PidWatcher | None = None
+
+    # ------------------------------------------------------------------ run
+    def run(self, job: JobSpec) -> Submission:
+        if not job.script.is_file():
+            raise SubmissionRejected(self.name, f"job script {job.script} is missing")
+        slot = self.slots.acquire(self.slot_wait)
+        try:
+            if slot == SLOT_FD:  # posix_spawn's dup2 onto itself would keep close-on-exec
+                moved = os.dup(slot)
+                os.close(slot)
+                slot = moved
+            log_fd = os.open(job.scheduler_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                             | os.O_CLOEXEC, 0o644)
+            try:
+                pid = os.posix_spawn(
+                    SHELL,
+                    [SHELL, str(job.script)],
+                    _base_environment(),
+                    file_actions=[
+                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                        (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                        (os.POSIX_SPAWN_DUP2, slot, SLOT_FD),
+                    ],
+                    setsid=True,
+                )
+            finally:
+                os.close(log_fd)
+        except OSError as exc:
+            raise SubmissionRejected(self.name, f"cannot start {job.script}: {exc}") from exc
+        finally:
+            os.close(slot)  # the job's process holds the slot from now on
+        start = process_start_time(pid)  # an unreaped child is still in /proc
+        if self._children is None:
+            self._children = PidWatcher(reap=True)
+        self._children.watch(pid)
+        return Submission(f"{pid}:{start}", JobState.RUNNING)
+
+    # ------------------------------------------------------------------ status
+    def get_statuses(self, jobs: Iterable[JobSpec]) -> dict[str, StatusReport]:
+        if self._watched is None:
+            self._watched = PidWatcher(reap=False)
+        self._watched.drain()
+        reports = {}
+        alive_pids = set()
+        for job in jobs:
+            if job.native_id is None:
+                continue
+            pid, start = parse_native_id(job.native_id)
+            if read_exit_code(job) is not None:
+                reports[job.job_id] = ended_report(job)
+            elif is_alive(pid, start):
+                alive_pids.add(pid)
+                if self._watched.watch(pid) and not is_alive(pid, start):
+                    reports[job.job_id] = ended_report(job)  # exited while we watched it
+                else:
+                    reports[job.job_id] = StatusReport(JobState.RUNNING)
+            else:
+                # The exit code may have been written just after the first read.
+                reports[job.job_id] = ended_report(job, "(process gone)")
+        for pid in self._watched.watched() - alive_pids:
+            self._watched.forget(pid)
+        return reports
+
+    def wake_fileno(self) -> int | None:
+        if self._watched is None:
+            self._watched = PidWatcher(reap=False)
+        return self._watched.fileno()
+
+    # ------------------------------------------------------------------ kill
+    def kill(self, job: JobSpec, force: bool = False) -> None:
+        if job.native_id is None:
+            return
+        pid, start = parse_native_id(job.native_id)
+        if not is_alive(pid, start):
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:  # already gone is what we wanted
+                raise
+
+    def find(self, job: JobSpec) -> str | None:
+        """The job's process from the pid its script recorded, if it ever started."""
+        try:
+            pid = int((job.job_dir / PID_NAME).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        start = process_start_time(pid)
+        if start is not None and _runs_script(pid, job):
+            return f"{pid}:{start}"
+        return f"{pid}:0"  # it ran and is gone: status comes from the exit-code file
+
+    def free_slots(self) -> int:
+        return self.slots.free()
+
+    def close(self) -> None:
+        for watcher in (self._children, self._watched):
+            if watcher is not None:
+                watcher.close()
+
+
+def _runs_script(pid: int, job: JobSpec) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return str(job.script).encode() in f.read()
+    except OSError:
+        return False
+
+
+def _base_environment() -> dict[str, str]:
+    """What a Local job process starts with; the job script adds the documented rest."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    for key in ("HOME", "USER", "LOGNAME", "TZ"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env

@@ -1,0 +1,300 @@
+"""Fixtures: a real mongod, a real execd daemon, a real SMTP server.
+
+* ``mongod`` (session): a single-node replica set on a free port with a temporary data directory,
+  started with the engine's own :class:`EmbeddedMongo`; ``mongo_uri`` is its URI.
+* ``database``: a fresh database name per test, dropped afterwards.
+* ``smtp``: an aiosmtpd server on a free port collecting messages.
+* ``engine``: a running daemon (``execd run`` in a subprocess, as systemd would run it) on the
+  test's database, with a config the test can extend; stopped at the end, and the test fails if any
+  of its processes is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from pymongo import MongoClient
+
+from execution_engine.mongod import EmbeddedMongo, free_port
+from execution_engine.store import JobStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------- MongoDB
+@pytest.fixture(scope="session")
+def mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo]:
+    server = EmbeddedMongo(tmp_path_factory.mktemp("mongod"), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(mongod: EmbeddedMongo) -> str:
+    return mongod.uri
+
+
+@pytest.fixture
+def database(mongo_uri: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    client: MongoClient[Any] = MongoClient(mongo_uri)
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture
+def store(mongo_uri: str, database: str) -> Iterator[JobStore]:
+    job_store = JobStore.open(mongo_uri, database)
+    job_store.ensure_indexes()
+    yield job_store
+    job_store.close()
+
+
+# ---------------------------------------------------------------------- SMTP
+class Inbox:
+    """Collects every message the SMTP server receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        from email import message_from_bytes
+
+        message = message_from_bytes(envelope.content)
+        message["X-Rcpt"] = ",".join(envelope.rcpt_tos)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@dataclass
+class SmtpServer:
+    host: str
+    port: int
+    inbox: Inbox
+
+    @property
+    def messages(self) -> list[Any]:
+        return self.inbox.messages
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield SmtpServer("127.0.0.1", port, inbox)
+    controller.stop()
+
+
+# ---------------------------------------------------------------------- the daemon
+def execd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "execution_engine", *args]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (zombies are dead and not counted)."""
+    found = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    for child in children:
+        found.extend(process_tree(int(child)))
+    return [p for p in found if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@dataclass
+class Engine:
+    """A daemon under test and what the test needs to talk to it."""
+
+    config_path: Path
+    state_dir: Path
+    mongo_uri: str
+    database: str
+    process: subprocess.Popen[bytes] | None = None
+    store: JobStore = field(init=False)
+    pids_seen: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.store = JobStore.open(self.mongo_uri, self.database)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "execd.log"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(execd_command("-c", str(self.config_path), *args),
+                                capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"execd {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self) -> None:
+        """Start ``execd run`` and wait until the monitor is up."""
+        assert self.process is None or self.process.poll() is not None
+        self.process = subprocess.Popen(
+            execd_command("-c", str(self.config_path), "run"),
+            stdout=subprocess.DEVNULL, stderr=open(self.state_dir / "run.err", "ab"),  # noqa: SIM115
+            cwd=ROOT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        status = self.state_dir / "run" / "status.json"
+        while not status.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"execd run exited {self.process.returncode}:\n"
+                                     + (self.state_dir / "run.err").read_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError("execd did not start in 60s")
+            time.sleep(0.05)
+        self.pids_seen.update(process_tree(self.process.pid))
+
+    def actor_pids(self, kind: str | None = None) -> dict[str, list[int]]:
+        """Live engine processes by title (``execd: submit-actor`` -> ``submit-actor``)."""
+        assert self.process is not None
+        found: dict[str, list[int]] = {}
+        for pid in process_tree(self.process.pid):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                continue
+            if title.startswith("execd: "):
+                name = title.removeprefix("execd: ").strip()
+                found.setdefault(name, []).append(pid)
+        self.pids_seen.update(p for pids in found.values() for p in pids)
+        return {k: v for k, v in found.items() if kind is None or k == kind}
+
+    def stop(self, timeout: float = 90) -> None:
+        """Warm stop (SIGTERM) and check that no engine process is left."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.pids_seen.update(process_tree(self.process.pid))
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in self.pids_seen):
+            time.sleep(0.1)
+        left = [p for p in self.pids_seen if _alive(p)]
+        assert not left, f"processes left behind after stop: {left}"
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole engine tree (a crash of every process at once)."""
+        assert self.process is not None
+        for pid in process_tree(self.process.pid):
+            os.kill(pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def insert(self, doc: dict[str, Any]) -> Any:
+        return self.store.insert(doc)
+
+    def submit(self, *command: str, **fields: Any) -> Any:
+        return self.insert({"state": "to be built", "command": list(command), **fields})
+
+    def wait_ended(self, job_ids: list[Any], timeout: float = 60) -> list[dict[str, Any]]:
+        """The job documents once every one has ended (and been notified if it is due)."""
+        deadline = time.monotonic() + timeout
+        ended = ["finished", "error", "killed"]
+        while True:
+            docs = list(self.store.jobs.find({"_id": {"$in": job_ids}}))
+            done = [d for d in docs if d.get("state") in ended]
+            if len(done) == len(job_ids):
+                return sorted(docs, key=lambda d: job_ids.index(d["_id"]))
+            if time.monotonic() > deadline:
+                states: dict[str, int] = {}
+                for d in docs:
+                    states[str(d.get("state"))] = states.get(str(d.get("state")), 0) + 1
+                raise AssertionError(f"jobs not ended after {timeout}s: {states}\n"
+                                     + self.log_file.read_text()[-4000:])
+            time.sleep(0.05)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
+                                     + self.log_file.read_text()[-4000:])
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def write_config(path: Path, state_dir: Path, mongo_uri: str, database: str, extra: str = ""
+                 ) -> None:
+    path.write_text(textwrap.dedent(f"""\
+        [engine]
+        state_dir = {state_dir}
+        log_level = DEBUG
+
+        [mongodb]
+        uri = {mongo_uri}
+        database = {database}
+
+        [monitor]
+        poll_interval = 0.5
+        lease_seconds = 5
+        recovery_interval = 0.5
+        restart_backoff = 0.2
+        """) + textwrap.dedent(extra))
+
+
+@pytest.fixture
+def engine_factory(tmp_path: Path, mongo_uri: str, database: str
+                   ) -> Iterator[Callable[..., Engine]]:
+    """Make (not start) engines: ``engine_factory(extra_config_text)``."""
+    made: list[Engine] = []
+
+    def make(extra: str = "", *, start: bool = True) -> Engine:
+        state_dir = tmp_path / f"state{len(made)}"
+        state_dir.mkdir()
+        config = tmp_path / f"execd{len(made)}.ini"
+        write_config(config, state_dir, mongo_uri, database, extra)
+        engine = Engine(config, state_dir, mongo_uri, database)
+        made.append(engine)
+        if start:
+            engine.start()
+        return engine
+
+    yield make
+    for engine in made:
+        try:
+            engine.stop()
+        finally:
+            engine.close()
+
+
+@pytest.fixture
+def engine(engine_factory: Callable[..., Engine]) -> Engine:
+    """A running daemon with the default Local system (4 slots)."""
+    return engine_factory("[systems]\n[[local]]\nclass = local\nslots = 4\nkill_grace = 2\n")
