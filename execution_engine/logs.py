@@ -18,6 +18,8 @@ from typing import Any
 
 from setproctitle import setproctitle
 
+from execution_engine.proc import die_with_parent
+
 FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s job=%(job)s %(message)s"
 
 
@@ -43,6 +45,8 @@ def log_to_queue(queue: Any, level: str, process_name: str) -> None:
     handler = logging.handlers.QueueHandler(queue)
     root.addHandler(handler)
     root.setLevel(level)
+    # The driver's own DEBUG records (one per command) would drown the engine's.
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
 
 
 def file_handlers(log_file: Path, *, mail_critical_to: str = "", smtp_host: str = "",
@@ -67,6 +71,7 @@ def file_handlers(log_file: Path, *, mail_critical_to: str = "", smtp_host: str 
 
 def receive_logs(queue: Any, handler_args: dict[str, Any]) -> None:
     """Main of the log receiver process: write every record from ``queue`` until a None."""
+    die_with_parent(signal.SIGKILL)  # nothing to flush once the master is gone
     setproctitle("execd: log-receiver")
     multiprocessing.current_process().name = "log-receiver"
     # The master decides when this process ends (it sends None); a terminal's ^C is not for us.

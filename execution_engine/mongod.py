@@ -22,6 +22,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.errors import ExecdError
+from execution_engine.proc import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class EmbeddedMongo:
              "--setParameter", "diagnosticDataCollectionEnabled=false"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,  # a ^C on the terminal is for the daemon, not for mongod
+            preexec_fn=die_with_parent,  # a killed master must not leave mongod holding the port
         )
         try:
             self._initiate(timeout)

@@ -33,13 +33,14 @@ from execution_engine.actors.building import BuildingActor
 from execution_engine.actors.notification import NotificationActor
 from execution_engine.actors.status import StatusActor
 from execution_engine.actors.submit import SubmitActor
+from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
+from execution_engine.proc import die_with_parent
 from execution_engine.registry import load_registry, system_options
 from execution_engine.states import ACTIVE_STATES, ENDED_STATES, JobState, parse_state
 from execution_engine.store import JobStore
-from execution_engine.systems.base import host_name
-from execution_engine.systems.base import ExecutionSystem
+from execution_engine.systems.base import ExecutionSystem, host_name
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Monitor:
         self.log_queue = log_queue
         self.control = control
         self.mp = multiprocessing.get_context("spawn")
-        self.bells = {kind: self.mp.Event() for kind in POOLS}
+        self.bells = {kind: Bell(self.mp) for kind in POOLS}
         self.pools: dict[str, list[multiprocessing.process.BaseProcess | None]] = {}
         self.restarts: dict[tuple[str, int], float] = {}
         self.stopping = False
@@ -124,6 +125,7 @@ class Monitor:
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
+        die_with_parent(signal.SIGTERM)
         setproctitle("execd: monitor")
         log_to_queue(self.log_queue, self.config.engine.log_level, "monitor")
         signal.signal(signal.SIGTERM, self._ask_stop)
@@ -205,7 +207,7 @@ class Monitor:
                 if process is None and time.monotonic() - last >= \
                         self.config.monitor.restart_backoff:
                     self._start_actor(kind, index)
-                    self.bells[kind].set()
+                    self.bells[kind].ring()
 
     def stop_pools(self) -> None:
         """Warm stop: TERM every actor, wait for them to finish their batch, then KILL."""
@@ -213,8 +215,8 @@ class Monitor:
         for process in alive:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        for bell in self.bells.values():
-            bell.set()  # wake the sleeping actors so that they see their stop flag
+        for kind, bell in self.bells.items():
+            bell.ring(len(self.pools.get(kind, [])))  # wake sleepers to see their stop flag
         deadline = time.monotonic() + STOP_TIMEOUT
         for process in alive:
             process.join(max(0.0, deadline - time.monotonic()))
@@ -277,7 +279,7 @@ class Monitor:
             return None, False
         # Work may have arrived before the stream opened: let every pool look once.
         for bell in self.bells.values():
-            bell.set()
+            bell.ring()
         return stream, False
 
     def on_change(self, change: Mapping[str, Any]) -> None:
@@ -295,11 +297,11 @@ class Monitor:
                 self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
             pool = pool_for_state(state)
             if pool is not None:
-                self.bells[pool].set()
+                self.bells[pool].ring()
             if state in ENDED_STATES:
-                self.bells["submit"].set()  # a slot may have freed
+                self.bells["submit"].ring()  # a slot may have freed
         if cancel is True:
-            self.bells["status"].set()
+            self.bells["status"].ring()
             self._guard(lambda: self.store.cancel_unsubmitted(by="monitor"))
 
     def periodic(self) -> None:
@@ -307,13 +309,13 @@ class Monitor:
             self.supervise()
             recovered = self.store.recover_expired(by="monitor")
             if recovered.get("building"):
-                self.bells["building"].set()
+                self.bells["building"].ring()
             if recovered.get("submitting"):
-                self.bells["submit"].set()
+                self.bells["submit"].ring()
             if recovered.get("notification"):
-                self.bells["notification"].set()
+                self.bells["notification"].ring()
             if self.store.cancel_unsubmitted(by="monitor"):
-                self.bells["notification"].set()
+                self.bells["notification"].ring()
             self.store.heartbeat(self.instance)
 
         self._guard(work)

@@ -175,7 +175,7 @@ class Engine:
             if time.monotonic() > deadline:
                 raise AssertionError("execd did not start in 60s")
             time.sleep(0.05)
-        self.pids_seen.update(process_tree(self.process.pid))
+        self.actor_pids()
 
     def actor_pids(self, kind: str | None = None) -> dict[str, list[int]]:
         """Live engine processes by title (``execd: submit-actor`` -> ``submit-actor``)."""
@@ -196,7 +196,7 @@ class Engine:
         """Warm stop (SIGTERM) and check that no engine process is left."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.pids_seen.update(process_tree(self.process.pid))
+        self.actor_pids()  # records every engine process (not the Local jobs, which stay)
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout)
         deadline = time.monotonic() + 10
@@ -206,10 +206,14 @@ class Engine:
         assert not left, f"processes left behind after stop: {left}"
 
     def kill_all(self) -> None:
-        """SIGKILL the whole engine tree (a crash of every process at once)."""
+        """SIGKILL every engine process at once (a crash); Local jobs are not the engine."""
         assert self.process is not None
-        for pid in process_tree(self.process.pid):
-            os.kill(pid, signal.SIGKILL)
+        engine_pids = [p for pids in self.actor_pids().values() for p in pids]
+        for pid in [self.process.pid, *engine_pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended on its own meanwhile
         self.process.wait(30)
 
     def insert(self, doc: dict[str, Any]) -> Any:

@@ -13,7 +13,6 @@ and expired leases bring back anything left.
 from __future__ import annotations
 
 import logging
-import multiprocessing.synchronize
 import os
 import signal
 import time
@@ -25,8 +24,10 @@ from typing import ClassVar
 from pymongo.errors import PyMongoError
 from setproctitle import setproctitle
 
+from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
+from execution_engine.proc import die_with_parent, parent_gone
 from execution_engine.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ActorContext:
     instance: str
     """The daemon instance id: ``<host>/<uuid>``; lease owners start with it."""
     log_queue: object
-    bells: dict[str, multiprocessing.synchronize.Event]
+    bells: dict[str, Bell]
     index: int = 0
 
 
@@ -63,6 +64,8 @@ class Actor(ABC):
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
+        die_with_parent(signal.SIGTERM)
+        self.parent = os.getppid()
         setproctitle(f"execd: {self.kind}-actor")
         log_to_queue(self.ctx.log_queue, self.config.engine.log_level, self.name)
         signal.signal(signal.SIGTERM, self._ask_stop)
@@ -90,6 +93,9 @@ class Actor(ABC):
     def loop(self) -> None:
         backoff = 0.0
         while not self.stopping:
+            if parent_gone(self.parent):
+                log.warning("the monitor is gone: stopping")
+                break
             self.bell.clear()
             try:
                 did_work = self.work_once()
@@ -113,7 +119,7 @@ class Actor(ABC):
     def ring(self, *pools: str) -> None:
         """Tell other pools they have work (faster than waiting for the change stream)."""
         for pool in pools:
-            self.ctx.bells[pool].set()
+            self.ctx.bells[pool].ring()
 
     # ------------------------------------------------------------------ for subclasses
     def setup(self) -> None:  # noqa: B027 - optional hook

@@ -71,7 +71,6 @@ class StatusActor(Actor):
         and the systems' own wake-ups (Local job exits)."""
         while True:
             if self.bell.wait(1.0):
-                self.bell.clear()
                 try:
                     os.write(self._bell_w, b"!")
                 except BlockingIOError:

@@ -34,6 +34,7 @@ from execution_engine.jobdoc import spec_of
 from execution_engine.logs import job_extra
 from execution_engine.registry import create_systems, load_registry
 from execution_engine.routing.dispatcher import Dispatcher
+from execution_engine.routing.guard import RESTART_AFTER_ABANDONED, RuleGuard, RuleTimeout
 from execution_engine.states import JobState
 from execution_engine.store import HISTORY_LIMIT, Transition, end_fields, transition, utcnow
 from execution_engine.systems.base import ExecutionSystem, host_name
@@ -47,6 +48,8 @@ a crash in between is covered by recovery through ``find``, so batching loses no
 
 class SubmitActor(Actor):
     kind: ClassVar[str] = "submit"
+    rule_guard: RuleGuard | None = None
+    """Runs routing rules with a time limit (made at the first routing decision)."""
 
     def setup(self) -> None:
         registry = load_registry(self.config)
@@ -162,10 +165,31 @@ class SubmitActor(Actor):
                           fields=fields, unset=("submission.recover", "submission.retry_at"))
 
     def _route(self, doc: Mapping[str, Any]) -> tuple[str, str]:
-        """The (route, system) for the job: the one already chosen, else the Dispatcher's."""
+        """The (route, system) for the job: the one already chosen, else the Dispatcher's.
+
+        Rules run under the :class:`RuleGuard`: a rule that raises, or that does not answer
+        within ``[plugins] rule_timeout``, ends this job in ``error`` naming it (RoutingError)
+        and the actor goes on with the next job. Each hung rule leaks a thread; after
+        ``RESTART_AFTER_ABANDONED`` of them the actor stops warmly and the Monitor restarts it.
+        """
         if doc.get("route") and doc.get("system") in self.systems:
             return doc["route"], doc["system"]
-        outcome = self.dispatcher.route(doc)
+        if self.rule_guard is None:
+            self.rule_guard = RuleGuard(self.config.plugins.rule_timeout)
+        try:
+            decision = self.rule_guard.decide(self.dispatcher, doc)
+        except RuleTimeout as exc:
+            log.error("%s", exc, extra=job_extra(doc["_id"]))
+            if self.rule_guard.abandoned >= RESTART_AFTER_ABANDONED and not self.stopping:
+                log.warning("%d routing rule threads are hung; restarting this actor to free "
+                            "them", self.rule_guard.abandoned)
+                self.stopping = True
+            raise RoutingError(doc["_id"], str(exc)) from exc
+        failure = decision.failure
+        if failure is not None:
+            log.error("routing rule %s of route %s failed: %s", failure[1].rule,
+                      failure[0].route, failure[1].error, extra=job_extra(doc["_id"]))
+        outcome = decision.outcome(doc["_id"])
         if outcome.system not in self.systems:
             raise RoutingError(doc["_id"], f"route {outcome.route} names unknown execution "
                                            f"system {outcome.system}")

@@ -1,0 +1,26 @@
+"""Small process helpers shared by the daemon's processes."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent dies (Linux), so that
+    a SIGKILLed Monitor or master leaves no orphaned actors behind. Elsewhere a no-op; the loops
+    also check :func:`parent_gone`."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def parent_gone(original_parent: int) -> bool:
+    """True when the process that started us is gone (we were re-parented)."""
+    return os.getppid() != original_parent
