@@ -59,8 +59,12 @@ def check_job(
         )
     client_part = {k: v for k, v in doc.items() if k != "_id"}
     for error in sorted(_validator().iter_errors(client_part), key=lambda e: list(e.path)):
-        field = ".".join(str(p) for p in error.absolute_path) or "(document)"
-        problems.append(f"{field}: {_short(error.message)}")
+        field = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else error.message
+            problems.append(f"{field + '.' if field else ''}{missing}: required field is missing")
+        else:
+            problems.append(f"{field or '(document)'}: {_short(error.message)}")
     command = doc.get("command")
     if isinstance(command, list) and all(isinstance(a, str) for a in command):
         length = sum(len(a.encode()) + 1 for a in command)

@@ -352,12 +352,12 @@ class JobStore:
         now = utcnow()
         ops = []
         for doc in self.jobs.find({"state": {"$nin": known}}, {"_id": 1, "state": 1}).limit(limit):
-            value = doc.get("state", None)
+            # A covered index scan reports a missing field as null: treat both alike.
+            value = doc.get("state")
             reason = ("state is missing (a new job must have state 'to be built')"
-                      if "state" not in doc else
+                      if value is None else
                       f"state {value!r} is not a job state (known: {', '.join(known)})")
-            filt = {"_id": doc["_id"], "state": {"$exists": False}} if "state" not in doc else \
-                {"_id": doc["_id"], "state": value}
+            filt = {"_id": doc["_id"], "state": value}
             entry = {"state": JobState.ERROR.value, "at": now, "by": by, "message": reason}
             ops.append(UpdateOne(filt, {
                 "$set": {"state": JobState.ERROR.value, "status_message": reason,

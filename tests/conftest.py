@@ -175,7 +175,11 @@ class Engine:
             if time.monotonic() > deadline:
                 raise AssertionError("execd did not start in 60s")
             time.sleep(0.05)
-        self.actor_pids()
+        kinds = {f"{k}-actor" for k in ("building", "submit", "status", "notification")}
+        while not kinds <= set(self.actor_pids()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"actors not all up in 60s: {self.actor_pids()}")
+            time.sleep(0.05)
 
     def actor_pids(self, kind: str | None = None) -> dict[str, list[int]]:
         """Live engine processes by title (``execd: submit-actor`` -> ``submit-actor``)."""
