@@ -11,11 +11,14 @@ from execution_engine.hookspecs import Rule, hookimpl
 from execution_engine.routing import rules as builtin_rules
 from execution_engine.systems.base import ExecutionSystem
 from execution_engine.systems.local import LocalSystem
+from execution_engine.systems.ogs import OgsSystem
+from execution_engine.systems.slurm import SlurmSystem
+from execution_engine.systems.torque import TorqueSystem
 
 
 @hookimpl
 def execd_execution_systems() -> list[type[ExecutionSystem]]:
-    return [LocalSystem]
+    return [LocalSystem, OgsSystem, TorqueSystem, SlurmSystem]
 
 
 @hookimpl

@@ -176,6 +176,8 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | N
 def load_config(explicit: str | os.PathLike[str] | None = None) -> EngineConfig:
     """Read and validate the configuration; raises ConfigError naming every problem."""
     path = find_config_path(explicit)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
     return parse_config(path.read_text() if path else "", path)
 
 

@@ -19,6 +19,7 @@ Error contract, for every method:
 from __future__ import annotations
 
 import os
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -153,8 +154,6 @@ def ended_report(job: JobSpec, native_says: str = "") -> StatusReport:
 def describe_exit_code(code: int) -> str:
     """A job exit status in words: ``exit code 3`` or ``killed by signal 9 (SIGKILL)``."""
     if code > 128:
-        import signal
-
         try:
             name = signal.Signals(code - 128).name
             return f"exit code {code} (killed by signal {code - 128}, {name})"

@@ -1,0 +1,259 @@
+"""Slurm, through its commands (``sbatch``, ``squeue``, ``scancel``, ``scontrol``, ``sacct``).
+
+* Submission: ``sbatch --parsable -J <tag> -o <job dir>/.execd/scheduler.log -D <job dir>
+  --export=NONE`` plus ``--partition``, ``--cpus-per-task``, ``--mem`` and ``--time`` from the
+  job's requirements. Slurm refuses impossible requests at submission when the site sets
+  ``EnforcePartLimits`` (otherwise they stay pending, reason "PartitionConfig" or similar).
+* Status: one ``squeue -h -t all -o '%i|%T|%r' -j id1,id2,...`` per cycle (``--me`` instead of
+  the ids when their list would not fit in one argument). ``-t all`` keeps finished jobs visible
+  until ``MinJobAge``. Quirk: with a single unknown id squeue exits 1
+  ("Invalid job id specified"), with several it lists the known ones and exits 0. Jobs squeue no
+  longer lists are over: their exit-code files say how; the accounting (``sacct -c``, which reads
+  the jobcomp file, or ``sacct`` with slurmdbd) is asked only for the ones without an exit code,
+  to say what happened to them.
+* A pending job with reason ``JobHeldUser``/``JobHeldAdmin`` is reported ``hold``.
+* Hold: ``scontrol hold`` then ``scontrol suspend`` (a running job cannot be held, only
+  suspended; ``suspend`` fails harmlessly on a pending one). Release: ``scontrol release`` then
+  ``scontrol resume``. Suspending needs Slurm operator rights.
+* Kill: ``scancel`` (TERM, then KILL after the site's ``KillWait``); forced:
+  ``scancel --signal=KILL --full``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from execution_engine.errors import SystemUnavailable
+from execution_engine.states import JobState
+from execution_engine.systems.base import JobSpec, StatusReport, ended_report, read_exit_code
+from execution_engine.systems.batch import BatchSystem, CommandResult, check_name
+
+log = logging.getLogger(__name__)
+
+_ENDED = JobState.FINISHED  # "over": the exit-code file says how
+
+#: squeue's long state names (``%T``) -> engine states.
+SLURM_STATES: Mapping[str, JobState | None] = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "POWER_UP_NODE": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.HOLD,
+    "RESV_DEL_HOLD": JobState.HOLD,
+    "SPECIAL_EXIT": JobState.HOLD,
+    "SUSPENDED": JobState.HOLD,
+    "STOPPED": JobState.HOLD,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "UPDATE_DB": JobState.RUNNING,
+    "COMPLETED": _ENDED,
+    "FAILED": JobState.ERROR,
+    "CANCELLED": JobState.KILLED,
+    "TIMEOUT": JobState.ERROR,
+    "DEADLINE": JobState.ERROR,
+    "NODE_FAIL": JobState.ERROR,
+    "BOOT_FAIL": JobState.ERROR,
+    "OUT_OF_MEMORY": JobState.ERROR,
+    "PREEMPTED": JobState.ERROR,
+    "REVOKED": JobState.ERROR,
+}
+
+#: Pending reasons that mean "held".
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+_HELD = "PENDING(held)"
+
+STATUS_FORMAT = "%i|%T|%r"
+#: Beyond this many characters, the id list would not fit in one argument (the kernel caps one
+#: argument at 128 KiB): squeue then lists all of this user's jobs instead, still in one call.
+MAX_ID_LIST = 100_000
+
+
+# ---------------------------------------------------------------------- builders and parsers
+def slurm_time(seconds: int) -> str:
+    """A duration as Slurm's ``days-hours:minutes:seconds``."""
+    minutes, secs = divmod(max(int(seconds), 1), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def resource_arguments(job: JobSpec, default_partition: str = "", system: str = "slurm"
+                       ) -> list[str]:
+    """sbatch options for the job's requirements."""
+    res = job.resources
+    args = []
+    partition = res.queue or default_partition
+    if partition:
+        args.append(f"--partition={check_name(system, 'partition', partition)}")
+    if res.cores:
+        args.append(f"--cpus-per-task={res.cores}")
+    if res.memory_mb:
+        args.append(f"--mem={res.memory_mb}M")
+    if res.walltime_s:
+        args.append(f"--time={slurm_time(res.walltime_s)}")
+    return args
+
+
+def parse_sbatch_output(stdout: str) -> str | None:
+    """The job id printed by ``sbatch --parsable`` (``id`` or ``id;cluster``)."""
+    for line in reversed(stdout.strip().splitlines()):
+        native_id = line.strip().split(";", 1)[0]
+        if native_id.isdigit():
+            return native_id
+    return None
+
+
+def parse_squeue_output(stdout: str) -> dict[str, str]:
+    """``id|STATE|reason`` lines -> id -> state; a held pending job gets ``PENDING(held)``."""
+    states = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        native_id, state = parts[0], parts[1].rstrip("+")
+        reason = parts[2] if len(parts) > 2 else ""
+        if state == "PENDING" and reason in HELD_REASONS:
+            state = _HELD
+        states[native_id] = state
+    return states
+
+
+def parse_sacct_output(stdout: str) -> dict[str, tuple[str, str, str]]:
+    """``sacct -n -P -o jobid,jobname,state,exitcode`` -> id -> (name, state, exit code);
+    job steps (``123.batch``) are skipped; a later line for the same id wins."""
+    records = {}
+    for line in stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 4 or not parts[0] or "." in parts[0]:
+            continue
+        records[parts[0]] = (parts[1], parts[2].split(" ", 1)[0], parts[3])
+    return records
+
+
+def newest_id(ids: Sequence[str]) -> str | None:
+    """The highest numeric job id of ``ids`` (the latest submission), or None."""
+    numeric = [i for i in ids if i.isdigit()]
+    return max(numeric, key=int) if numeric else None
+
+
+# ---------------------------------------------------------------------- the system
+class SlurmSystem(BatchSystem):
+    """Jobs submitted to Slurm with ``sbatch``; see the module docstring."""
+
+    kind: ClassVar[str] = "slurm"
+    scheduler: ClassVar[str] = "Slurm"
+    _STATE_MAP: ClassVar[Mapping[str, JobState | None]] = {**SLURM_STATES, _HELD: JobState.HOLD}
+    option_spec: ClassVar[Mapping[str, str]] = {
+        **BatchSystem.option_spec,
+        "accounting": "option('jobcomp', 'sacct', 'none', default='jobcomp')",
+        "export_environment": "boolean(default=False)",
+    }
+    """``accounting``: how to ask about jobs squeue has forgotten: ``jobcomp`` = ``sacct -c``
+    (the jobcomp/filetxt file), ``sacct`` = ``sacct`` with slurmdbd, ``none``. The exit-code
+    file decides the outcome either way; accounting only explains a job that left none.
+    ``export_environment``: pass the submitting process's environment to jobs (sbatch's default);
+    off, jobs get only Slurm's variables plus what their script sets."""
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.accounting = str(self.options.get("accounting") or "jobcomp")
+        self.export_environment = bool(self.options.get("export_environment", False))
+
+    # ------------------------------------------------------------------ commands
+    def submit_command(self, job: JobSpec) -> list[str]:
+        argv = [self.command("sbatch"), "--parsable", "-J", job.tag,
+                "-o", str(job.scheduler_log), "-D", str(job.job_dir)]
+        if not self.export_environment:
+            argv.append("--export=NONE")
+        argv += resource_arguments(job, self.queue, self.name)
+        argv += self.submit_options
+        argv.append(str(job.script))
+        return argv
+
+    def parse_submit_output(self, stdout: str) -> str | None:
+        return parse_sbatch_output(stdout)
+
+    def status_command(self, native_ids: Sequence[str]) -> list[str]:
+        argv = [self.command("squeue"), "-h", "-t", "all", "-o", STATUS_FORMAT]
+        id_list = ",".join(native_ids)
+        return [*argv, "--me"] if len(id_list) > MAX_ID_LIST else [*argv, "-j", id_list]
+
+    def status_ok(self, result: CommandResult) -> bool:
+        # One unknown id alone: exit 1 "Invalid job id specified" (several: exit 0).
+        return bool(result.ok or (result.returncode == 1 and not result.stdout.strip()
+                                  and "invalid job id specified" in result.stderr.lower()))
+
+    def parse_status_output(self, stdout: str) -> dict[str, str]:
+        return parse_squeue_output(stdout)
+
+    def kill_command(self, native_id: str, force: bool) -> list[str]:
+        if force:
+            return [self.command("scancel"), "--signal=KILL", "--full", native_id]
+        return [self.command("scancel"), native_id]
+
+    def hold_commands(self, native_id: str) -> list[list[str]]:
+        scontrol = self.command("scontrol")
+        return [[scontrol, "hold", native_id], [scontrol, "suspend", native_id]]
+
+    def release_commands(self, native_id: str) -> list[list[str]]:
+        scontrol = self.command("scontrol")
+        return [[scontrol, "release", native_id], [scontrol, "resume", native_id]]
+
+    def find_command(self, job: JobSpec) -> list[str]:
+        return [self.command("squeue"), "-h", "-t", "all", "-n", job.tag, "-o", "%i"]
+
+    def parse_find_output(self, stdout: str, job: JobSpec) -> str | None:
+        return newest_id([line.strip() for line in stdout.splitlines()])
+
+    # ------------------------------------------------------------------ accounting
+    def _sacct(self, extra: Sequence[str]) -> dict[str, tuple[str, str, str]] | None:
+        """Accounting records, or None when there is no accounting or it cannot answer."""
+        if self.accounting == "none":
+            return None
+        argv = [self.command("sacct"), "-n", "-P", "-o", "jobid,jobname,state,exitcode"]
+        if self.accounting == "jobcomp":
+            argv.insert(1, "-c")
+        try:
+            result = self.execute([*argv, *extra])
+        except SystemUnavailable as exc:  # no sacct here, or it hangs: it only adds words
+            log.debug("%s: %s", self.name, exc)
+            return None
+        if not result.ok:
+            log.debug("%s: %s", self.name, result.describe())
+            return None
+        return parse_sacct_output(result.stdout)
+
+    def resolve_missing(self, jobs: Sequence[JobSpec]) -> dict[str, StatusReport]:
+        reports = {}
+        unexplained = []
+        for job in jobs:
+            if read_exit_code(job) is not None:
+                reports[job.job_id] = ended_report(job)
+            else:
+                unexplained.append(job)
+        records: dict[str, tuple[str, str, str]] | None = None
+        if unexplained:
+            ids = [job.native_id for job in unexplained if job.native_id]
+            self.status_commands += 1
+            records = self._sacct(["-j", ",".join(ids)])
+        for job in unexplained:
+            record = (records or {}).get(job.native_id or "")
+            if record is None:
+                said = "(no longer known to Slurm)"
+            else:
+                said = f"(Slurm accounting: state {record[1]}, exit code {record[2]})"
+            reports[job.job_id] = ended_report(job, said)
+        return reports
+
+    def find_in_accounting(self, job: JobSpec) -> str | None:
+        # ``sacct -c`` ignores --name: filter the records ourselves.
+        records = self._sacct(["--name", job.tag])
+        if not records:
+            return None
+        return newest_id([jid for jid, (name, _, _) in records.items() if name == job.tag])
