@@ -245,7 +245,7 @@ def _default_state_dir() -> Path:
 def _path(value: str, base: Path, default: Path) -> Path:
     if not value:
         return default
-    candidate = Path(os.path.expanduser(value))
+    candidate = Path(value).expanduser()
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
 
 

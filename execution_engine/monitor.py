@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -141,10 +142,8 @@ class Monitor:
             self.loop()
         finally:
             self.stop_pools()
-            try:
+            with contextlib.suppress(PyMongoError):
                 self.store.unregister_daemon(self.instance)
-            except PyMongoError:
-                pass
             self.store.close()
 
     def _ask_stop(self, signum: int, frame: FrameType | None) -> None:

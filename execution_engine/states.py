@@ -12,10 +12,10 @@ the only place that decides what may follow what; the store refuses any other tr
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a job stands. The value is the string stored in the job document."""
 
     TO_BE_BUILT = "to be built"

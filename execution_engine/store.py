@@ -9,6 +9,7 @@ single journaled write costs about a millisecond, so per-job round trips would c
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ class Transition:
     unset: tuple[str, ...] = ()
 
     def as_update(self, now: datetime) -> UpdateOne:
-        filt: dict[str, Any] = {"_id": self.job_id, "state": {"$in": [s.value for s in self.expected]}}
+        filt: dict[str, Any] = {"_id": self.job_id,
+                                "state": {"$in": [s.value for s in self.expected]}}
         if self.lease_token is not None:
             filt["lease.token"] = self.lease_token
         sets: dict[str, Any] = {"state": self.new.value, "updated_at": now, **self.fields}
@@ -412,8 +414,6 @@ class JobStore:
 
 
 def _regex_escape(text: str) -> str:
-    import re
-
     return re.escape(text)
 
 

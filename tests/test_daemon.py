@@ -16,7 +16,7 @@ from tests.conftest import ROOT, Engine, _alive, execd_command, process_tree
 
 def run(config: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
     return subprocess.run(execd_command("-c", str(config), *args), capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=ROOT, check=False)
 
 
 def daemon_tree(pid: int) -> list[int]:

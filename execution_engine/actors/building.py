@@ -11,7 +11,6 @@ Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by def
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,7 +96,7 @@ class BuildingActor(Actor):
             )
             path = job_dir / SCRIPT_NAME
             path.write_text(script)
-            os.chmod(path, 0o755)
+            path.chmod(0o755)
         except OSError as exc:
             raise BuildError(doc.get("_id"), f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc

@@ -15,6 +15,7 @@ jobs from MongoDB and asks the system about all of them in ONE batched call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -61,20 +62,16 @@ class StatusActor(Actor):
     def teardown(self) -> None:
         for system in getattr(self, "systems", {}).values():
             system.close()
-        try:
+        with contextlib.suppress(PyMongoError):  # else the lease expires by itself
             self.store.drop_leases(self.owner)
-        except PyMongoError:
-            pass  # the lease expires by itself
 
     def _forward_bell(self) -> None:
         """Turn the pool's Event into a readable pipe, so one ``select`` waits for both the bell
         and the systems' own wake-ups (Local job exits)."""
         while True:
             if self.bell.wait(1.0):
-                try:
+                with contextlib.suppress(BlockingIOError):  # full pipe: a wake-up is pending
                     os.write(self._bell_w, b"!")
-                except BlockingIOError:
-                    pass  # the pipe is full: a wake-up is pending anyway
 
     # ------------------------------------------------------------------ loop
     def work_once(self) -> bool:
@@ -158,7 +155,7 @@ class StatusActor(Actor):
         if not new.is_ended:
             if new is current:
                 return None
-            fields = {}
+            fields: dict[str, Any] = {}
             if new is JobState.RUNNING and not doc.get("started_at"):
                 fields["started_at"] = utcnow()
             return transition(doc["_id"], current, new, by=self.owner, fields=fields)

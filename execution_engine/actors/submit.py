@@ -104,7 +104,8 @@ class SubmitActor(Actor):
     def _is_blocked(self, system: str | None) -> bool:
         return system is not None and self.blocked_until.get(system, 0.0) > time.monotonic()
 
-    def submit_one(self, doc: Mapping[str, Any]) -> Transition | UpdateOne:
+    def submit_one(self, doc: Mapping[str, Any]  # noqa: PLR0911 - a return per outcome
+                   ) -> Transition | UpdateOne:
         job_id = doc["_id"]
         token = doc["lease"]["token"]
         notify = doc.get("notify", True) is not False

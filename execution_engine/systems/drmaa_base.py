@@ -119,7 +119,7 @@ def load_drmaa(library: str, system: str) -> ModuleType:
     if library:
         os.environ["DRMAA_LIBRARY_PATH"] = library  # the binding reads it when imported
     try:
-        import drmaa  # noqa: PLC0415 - importing the binding loads libdrmaa: only when used
+        import drmaa
     except (ImportError, OSError, RuntimeError) as exc:
         hint = ""
         if "static TLS" in str(exc) or not _static_tls_reserved():
