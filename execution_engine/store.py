@@ -148,9 +148,10 @@ class JobStore:
     # ------------------------------------------------------------------ schema
     def ensure_indexes(self) -> None:
         """Indexes for every query the engine makes (idempotent)."""
+        # Leases are found through the state index (few jobs are building or submitting at
+        # once) and claims read back by _id: no index on lease fields, which change at every
+        # claim and release and would cost an index write each time.
         self.jobs.create_index([("state", ASCENDING), ("_id", ASCENDING)], name="claim")
-        self.jobs.create_index("lease.token", name="lease_token", sparse=True)
-        self.jobs.create_index("lease.until", name="lease_until", sparse=True)
         self.jobs.create_index(
             [("system", ASCENDING), ("host", ASCENDING), ("state", ASCENDING)],
             name="active_by_system",
@@ -158,8 +159,8 @@ class JobStore:
         )
         self.jobs.create_index(
             [("notification.state", ASCENDING), ("notification.next_attempt", ASCENDING)],
-            name="notification_due",
-            partialFilterExpression={"notification.state": "due"},
+            name="notification_pending",
+            partialFilterExpression={"notification.state": {"$in": ["due", "sending"]}},
         )
         self.jobs.create_index(
             [("cancel_requested", ASCENDING), ("state", ASCENDING)],
@@ -256,7 +257,7 @@ class JobStore:
             return []
         # The filter is repeated so that a job another actor took in between is left alone.
         self.jobs.update_many({"_id": {"$in": ids}, **filt}, update)
-        return list(self.jobs.find({"lease.token": token}))
+        return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
     def apply(self, changes: Sequence[Transition | UpdateOne]) -> int:
         """Write a batch of compare-and-set changes; returns how many took effect. A change whose
@@ -286,10 +287,12 @@ class JobStore:
         """End the leases of every actor whose owner id starts with ``owner_prefix`` (a dead
         actor or a dead daemon), so that recovery picks their jobs up at once."""
         past = utcnow() - timedelta(seconds=1)
-        self.jobs.update_many(
-            {"lease.owner": {"$regex": f"^{_regex_escape(owner_prefix)}"}},
-            {"$set": {"lease.until": past}},
-        )
+        owned = {"lease.owner": {"$regex": f"^{_regex_escape(owner_prefix)}"}}
+        # Filtered on the states that hold leases, so that the indexes serve the query.
+        for held in ({"state": {"$in": [s.value for s in (JobState.BUILDING,
+                                                            JobState.SUBMITTING)]}},
+                     {"notification.state": "sending"}):
+            self.jobs.update_many({**held, **owned}, {"$set": {"lease.until": past}})
         self.leases.update_many(
             {"owner": {"$regex": f"^{_regex_escape(owner_prefix)}"}},
             {"$set": {"until": past}},

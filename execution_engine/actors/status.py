@@ -53,6 +53,7 @@ class StatusActor(Actor):
         self.host = host_name()
         self.next_due = dict.fromkeys(self.systems, 0.0)
         self.backoff: dict[str, float] = {}
+        self.lease_renew_at: dict[str, float] = {}
         self._woken = True
         self._ready: set[int] = set()
         self._bell_r, self._bell_w = os.pipe()
@@ -107,9 +108,7 @@ class StatusActor(Actor):
     def cycle(self, system: ExecutionSystem, *, ask_system: bool) -> None:
         """Kills, then (when ``ask_system``) one status call for all of the system's jobs."""
         host = self.host if system.host_bound else None
-        lease = f"status:{system.name}" + (f"@{host}" if host else "")
-        lease_for = max(self.config.monitor.lease_seconds, 3 * system.status_interval)
-        if not self.store.take_lease(lease, self.owner, lease_for):
+        if not self.hold_lease(system, host):
             self.next_due[system.name] = time.monotonic() + system.status_interval
             return
         jobs = self.store.active_jobs(system.name, host)
@@ -121,6 +120,20 @@ class StatusActor(Actor):
         if changes:
             self.store.apply(changes)
             self.ring("notification", "submit")
+
+    def hold_lease(self, system: ExecutionSystem, host: str | None) -> bool:
+        """Take or renew this actor's lease on watching ``system``. Renewed only once half of it
+        has run out: cycles may come many times a second, a journaled write is not free."""
+        now = time.monotonic()
+        lease_for = max(self.config.monitor.lease_seconds, 3 * system.status_interval)
+        if now < self.lease_renew_at.get(system.name, 0.0):
+            return True
+        name = f"status:{system.name}" + (f"@{host}" if host else "")
+        if self.store.take_lease(name, self.owner, lease_for):
+            self.lease_renew_at[system.name] = now + lease_for / 2
+            return True
+        self.lease_renew_at.pop(system.name, None)
+        return False
 
     def follow(self, system: ExecutionSystem, jobs: list[dict[str, Any]]
                ) -> list[Transition | UpdateOne]:
