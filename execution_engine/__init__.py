@@ -12,7 +12,7 @@ from execution_engine.errors import (
     SubmissionRejected,
     SystemUnavailable,
 )
-from execution_engine.hookspecs import hookimpl
+from execution_engine.hookspecs import execution_system, hookimpl, routing_rule
 from execution_engine.states import JobState
 from execution_engine.systems.base import (
     ExecutionSystem,
@@ -31,10 +31,12 @@ __all__ = [
     "JobState",
     "NoCapacity",
     "StatusReport",
-    "SubmissionRejected",
     "Submission",
+    "SubmissionRejected",
     "SystemUnavailable",
     "__version__",
     "ended_report",
+    "execution_system",
     "hookimpl",
+    "routing_rule",
 ]

@@ -23,7 +23,7 @@ from bson import json_util
 from pymongo.errors import PyMongoError
 
 from execution_engine import __version__
-from execution_engine.config import EngineConfig, load_config
+from execution_engine.config import EngineConfig, engine_section_leniently, load_config
 from execution_engine.daemon import (
     clear_stale_pid_file,
     read_pid,
@@ -53,7 +53,7 @@ def mongodb_uri(config: EngineConfig) -> str:
         uri = config.engine.mongodb_uri_file.read_text().strip()
     except OSError:
         uri = ""
-    if not uri or running_pid(config) is None:
+    if not uri or running_pid(config.engine) is None:
         raise NotRunning(
             "execd is not running and no [mongodb] uri is configured: start it with "
             f"'execd start' (config: {config.describe_source()})"
@@ -83,23 +83,32 @@ def _fmt_time(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------- daemon commands
+def check_plugins(config: EngineConfig) -> None:
+    """Load every plugin once, so that a broken one stops the start with its reason."""
+    from execution_engine.registry import load_registry
+
+    load_registry(config)
+
+
 def cmd_start(config: EngineConfig, args: argparse.Namespace) -> int:
+    check_plugins(config)
     code, message = start_daemon(config)
     print(message, file=sys.stdout if code == 0 else sys.stderr)
     return code
 
 
 def cmd_run(config: EngineConfig, args: argparse.Namespace) -> int:
+    check_plugins(config)
     return run_foreground(config)
 
 
 def cmd_stop(config: EngineConfig, args: argparse.Namespace) -> int:
-    pid = running_pid(config)
+    pid = running_pid(config.engine)
     if pid is None:
         note = clear_stale_pid_file(config)
         print(note or "execd is not running")
         return EXIT_OK
-    signal_daemon(config, signal.SIGTERM)
+    signal_daemon(config.engine, signal.SIGTERM)
     print(f"stopping execd (pid {pid})...", flush=True)
     if wait_gone(pid, args.timeout):
         print("execd stopped")
@@ -109,14 +118,14 @@ def cmd_stop(config: EngineConfig, args: argparse.Namespace) -> int:
     return EXIT_FAIL
 
 
-def cmd_reload(config: EngineConfig, args: argparse.Namespace) -> int:
-    # Check here first, so that the administrator sees the error right away.
-    from execution_engine.registry import load_registry
-
-    load_registry(config)
+def cmd_reload(config: EngineConfig | None, args: argparse.Namespace) -> int:
+    """Signal the daemon, which checks the configuration and plugins itself (and logs a refusal),
+    then print its verdict. ``config`` is None when the file does not validate: the daemon is
+    then found from the ``[engine]`` section alone, and refuses the reload, saying why."""
+    engine = config.engine if config is not None else engine_section_leniently(args.config)
     since = time.time()
-    pid = signal_daemon(config, signal.SIGHUP)
-    result = wait_reload(config, since, args.timeout)
+    pid = signal_daemon(engine, signal.SIGHUP)
+    result = wait_reload(engine, since, args.timeout)
     if result is None:
         print(f"execd: no answer to the reload from pid {pid} in {args.timeout:.0f}s",
               file=sys.stderr)
@@ -132,7 +141,7 @@ def cmd_reload(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: EngineConfig, args: argparse.Namespace) -> int:
-    pid = running_pid(config)
+    pid = running_pid(config.engine)
     if pid is None:
         stale = read_pid(config.engine.pid_file)
         if stale is not None:
@@ -300,45 +309,82 @@ def cmd_kill(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_route(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Which route the job took (recorded on the job) and which it would take by the current
+    configuration, with every route's and every rule's verdict. Exit 0 when a route accepts it.
+    """
+    # Imported here: plugin loading is only for the commands that need it.
     from execution_engine.registry import load_registry
     from execution_engine.routing.dispatcher import Dispatcher
+    from execution_engine.routing.guard import RuleGuard, RuleTimeout
 
     store = open_store(config)
     try:
         doc = find_job(store, args.job)
     finally:
         store.close()
+    job_id = doc["_id"]
+    dispatcher = Dispatcher.from_config(config, load_registry(config).rules)
     if doc.get("route"):
-        print(f"job {doc['_id']} took route {doc['route']} -> system {doc.get('system')}")
-    outcomes = Dispatcher.from_config(config, load_registry(config).rules).explain(doc)
+        print(f"job {job_id} took route {doc['route']} -> system {doc.get('system')}")
+    else:
+        print(f"job {job_id} has not been routed yet (state: {doc.get('state')})")
+    print(f"routes of {config.describe_source()}, in order (a route passes when ALL its rules "
+          "pass; the first that passes is taken):")
+    guard = RuleGuard(config.plugins.rule_timeout)
+    try:
+        decision = guard.decide(dispatcher, doc)
+    except RuleTimeout as exc:
+        print(f"  {exc}")
+        print(f"job {job_id}: routing would end it in error: {exc}")
+        return EXIT_FAIL
+    finally:
+        guard.close()
+    for line in dispatcher.describe(decision):
+        print(f"  {line}")
+    chosen = decision.chosen
     verb = "would take" if not doc.get("route") else "by the current routes would take"
-    for outcome in outcomes:
-        print(("  * " if outcome.passed else "  - ") + outcome.explain())
-    if outcomes and outcomes[-1].passed:
-        print(f"job {doc['_id']} {verb} route {outcomes[-1].route} -> {outcomes[-1].system}")
+    if chosen is not None:
+        print(f"job {job_id} {verb} route {chosen.route} -> {chosen.system}")
         return EXIT_OK
-    print(f"job {doc['_id']}: no route accepts it")
+    print(f"job {job_id}: {decision.reason()}")
     return EXIT_FAIL
 
 
 def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
+    """The configured execution systems, the loaded system classes and rules with where each
+    comes from (built-in, a folder's file, an entry point), and the routes."""
+    import inspect
+
     from execution_engine.registry import load_registry
+    from execution_engine.routing.context import Capabilities
 
     registry = load_registry(config)
-    print("execution systems (config section: class, source):")
+    print("execution systems (config section: class, capabilities, source):")
     for section in config.systems:
         source = registry.sources.get(f"system:{section.cls}", "?")
-        print(f"  {section.name}: {section.cls} ({source})")
-    print("available classes:")
+        capabilities = Capabilities.from_options(section.options).describe()
+        print(f"  {section.name}: {section.cls}; {capabilities}; from {source}")
+    print("execution system classes loaded:")
     for kind in sorted(registry.systems):
-        print(f"  {kind} ({registry.sources[f'system:{kind}']})")
-    print("routing rules:")
+        print(f"  {kind}: {registry.systems[kind].__name__}, from "
+              f"{registry.sources[f'system:{kind}']}")
+    print("routing rules loaded:")
     for name in sorted(registry.rules):
-        print(f"  {name} ({registry.sources[f'rule:{name}']})")
-    print("routes (in order):")
+        try:
+            params = inspect.signature(registry.rules[name]).parameters.values()
+            signature = "(" + ", ".join(
+                p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                for p in params) + ")"
+        except (TypeError, ValueError):
+            signature = "(job, ...)"
+        print(f"  {name}{signature}, from {registry.sources[f'rule:{name}']}")
+    print("routes (in order; ALL rules of a route must pass, the first route that passes wins):")
     for route in config.routes:
-        rules = ", ".join(r.name for r in route.rules) or "no rules: every job"
-        print(f"  {route.name} -> {route.system}: {rules}")
+        rules = ", ".join(r.name + (f"({', '.join(f'{k}={v!r}' for k, v in r.params.items())})"
+                                    if r.params else "") for r in route.rules)
+        print(f"  {route.name} -> {route.system}: {rules or 'no rules: every job'}")
+    for note in registry.notes:
+        print(f"note: {note}")
     return EXIT_OK
 
 
@@ -404,7 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        try:
+            config = load_config(args.config)
+        except ConfigError:
+            if args.func is not cmd_reload:
+                raise
+            return cmd_reload(None, args)
         code: int = args.func(config, args)
         return code
     except ConfigError as exc:

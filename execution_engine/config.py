@@ -208,6 +208,27 @@ def parse_config(text: str, path: Path | None = None) -> EngineConfig:
         raise ConfigError(str(exc), where) from exc
 
 
+def engine_section_leniently(explicit: str | os.PathLike[str] | None = None) -> EngineSection:
+    """The ``[engine]`` paths of a configuration that may be invalid elsewhere (``execd reload``
+    must reach the daemon to have it log why it refuses a broken file). Raises ConfigError only
+    when even ``[engine]`` is unusable."""
+    path = find_config_path(explicit)
+    spec = resources.files("execution_engine").joinpath("configspec.ini").read_text()
+    text = path.read_text() if path is not None and path.is_file() else ""
+    try:
+        raw = ConfigObj(text.splitlines(), configspec=spec.splitlines(), interpolation=False)
+    except ConfigObjError as exc:
+        raise ConfigError(f"cannot parse: {exc}", str(path)) from exc
+    engine_only = ConfigObj({"engine": raw.get("engine", {})}, configspec=spec.splitlines(),
+                            interpolation=False)
+    engine_only.validate(validate.Validator(), copy=True)
+    base = path.parent if path else Path.cwd()
+    try:
+        return _build(engine_only, path, base).engine
+    except ValueError as exc:
+        raise ConfigError(str(exc), str(path)) from exc
+
+
 def _describe_problems(raw: ConfigObj, result: Any) -> list[str]:
     problems = []
     if result is not True:
@@ -287,6 +308,13 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
         )
         for name, section in raw["routes"].items()
     ) or (RouteSection("default", systems[0].name, ()),)
+    for name, section in raw["routes"].items():
+        listed = set(section["rules"])
+        for sub_name in section.sections:
+            if sub_name not in listed:
+                raise ValueError(
+                    f"[routes][{name}][{sub_name}]: parameters for a rule that is not in this "
+                    f"route's rules ({', '.join(sorted(listed)) or 'none'}); misspelled?")
     for route in routes:
         if route.system not in {s.name for s in systems}:
             raise ValueError(

@@ -21,7 +21,7 @@ from typing import Any
 import daemon
 from daemon.pidfile import TimeoutPIDLockFile
 
-from execution_engine.config import EngineConfig
+from execution_engine.config import EngineConfig, EngineSection
 from execution_engine.errors import ExecdError
 from execution_engine.master import READY_TIMEOUT, Master
 
@@ -43,16 +43,16 @@ def is_execd(pid: int) -> bool:
     return b"execd" in cmdline or b"execution_engine" in cmdline
 
 
-def running_pid(config: EngineConfig) -> int | None:
+def running_pid(engine: EngineSection) -> int | None:
     """The pid of the running daemon of this configuration, or None."""
-    pid = read_pid(config.engine.pid_file)
+    pid = read_pid(engine.pid_file)
     return pid if pid is not None and is_execd(pid) else None
 
 
 def clear_stale_pid_file(config: EngineConfig) -> str | None:
     """Remove a pid file whose daemon is gone; returns a note saying so, or None."""
     pid_file = config.engine.pid_file
-    if not pid_file.exists() or running_pid(config) is not None:
+    if not pid_file.exists() or running_pid(config.engine) is not None:
         return None
     pid = read_pid(pid_file)
     pid_file.unlink(missing_ok=True)
@@ -71,7 +71,7 @@ def status_info(config: EngineConfig) -> dict[str, Any]:
 
 def start_daemon(config: EngineConfig) -> tuple[int, str]:
     """Start the daemon in the background; (exit status, message for the user)."""
-    pid = running_pid(config)
+    pid = running_pid(config.engine)
     if pid is not None:
         return 1, f"execd is already running (pid {pid}, pid file {config.engine.pid_file})"
     notes = [n for n in [clear_stale_pid_file(config)] if n]
@@ -142,7 +142,7 @@ def _become_daemon(config: EngineConfig, ready_fd: int) -> int:
 
 def run_foreground(config: EngineConfig) -> int:
     """``execd run``: the daemon in the foreground (for systemd and containers)."""
-    pid = running_pid(config)
+    pid = running_pid(config.engine)
     if pid is not None:
         raise ExecdError(f"execd is already running (pid {pid})")
     note = clear_stale_pid_file(config)
@@ -157,11 +157,11 @@ def run_foreground(config: EngineConfig) -> int:
         lock.release()
 
 
-def signal_daemon(config: EngineConfig, signum: int) -> int:
+def signal_daemon(engine: EngineSection, signum: int) -> int:
     """Send ``signum`` to the running daemon; its pid. Raises ExecdError when not running."""
-    pid = running_pid(config)
+    pid = running_pid(engine)
     if pid is None:
-        raise ExecdError(f"execd is not running (no live pid in {config.engine.pid_file})")
+        raise ExecdError(f"execd is not running (no live pid in {engine.pid_file})")
     os.kill(pid, signum)
     return pid
 
@@ -175,9 +175,9 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def wait_reload(config: EngineConfig, since: float, timeout: float) -> dict[str, Any] | None:
+def wait_reload(engine: EngineSection, since: float, timeout: float) -> dict[str, Any] | None:
     """The daemon's reload result published after ``since``, or None on timeout."""
-    path = config.engine.control_dir / "reload.json"
+    path = engine.control_dir / "reload.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

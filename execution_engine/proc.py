@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -24,3 +26,19 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
 def parent_gone(original_parent: int) -> bool:
     """True when the process that started us is gone (we were re-parented)."""
     return os.getppid() != original_parent
+
+
+def close_on_exec_all() -> None:
+    """Mark every open descriptor above stderr close-on-exec.
+
+    Descriptors a process inherited (multiprocessing's sentinel pipe among them) would otherwise
+    pass on to every job it starts: a job holding an actor's sentinel would make the Monitor wait
+    for the job before it sees the actor stop.
+    """
+    fd_dir = Path("/proc/self/fd")
+    for entry in fd_dir.iterdir() if fd_dir.is_dir() else ():
+        fd = int(entry.name)
+        if fd > 2:
+            # The listing's own descriptor is closed by now: nothing to do for it.
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)

@@ -259,6 +259,11 @@ class JobStore:
         self.jobs.update_many({"_id": {"$in": ids}, **filt}, update)
         return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
 
+    def renew_leases(self, job_ids: Sequence[Any], token: str, seconds: float) -> None:
+        """Extend the leases of claimed jobs that this claim (``token``) still holds."""
+        self.jobs.update_many({"_id": {"$in": list(job_ids)}, "lease.token": token},
+                              {"$set": {"lease.until": utcnow() + timedelta(seconds=seconds)}})
+
     def apply(self, changes: Sequence[Transition | UpdateOne]) -> int:
         """Write a batch of compare-and-set changes; returns how many took effect. A change whose
         job is no longer in the expected state is skipped (someone else moved it on)."""

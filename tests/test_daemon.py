@@ -46,10 +46,13 @@ def test_start_submit_wait_status_stop_on_the_embedded_default(embedded: Path) -
         return {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
                 for p in daemon_tree(pid)}
 
+    expected = {b"execd: monitor", b"execd: log-receiver"} | {
+        f"execd: {kind}-actor".encode()
+        for kind in ("building", "submit", "status", "notification")}
     deadline = time.monotonic() + 30
-    while b"execd: notification-actor" not in titles() and time.monotonic() < deadline:
+    while not expected <= titles() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert {b"execd: monitor", b"execd: submit-actor", b"execd: log-receiver"} <= titles()
+    assert expected <= titles()
     assert any(b"mongod" in t for t in titles())
     tree = daemon_tree(pid)
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import FrameType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pymongo.errors import PyMongoError
 from setproctitle import setproctitle
@@ -27,7 +28,7 @@ from setproctitle import setproctitle
 from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
-from execution_engine.proc import die_with_parent, parent_gone
+from execution_engine.proc import close_on_exec_all, die_with_parent, parent_gone
 from execution_engine.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Actor(ABC):
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
         die_with_parent(signal.SIGTERM)
+        close_on_exec_all()
         self.parent = os.getppid()
         setproctitle(f"execd: {self.kind}-actor")
         log_to_queue(self.ctx.log_queue, self.config.engine.log_level, self.name)
@@ -131,6 +133,41 @@ class Actor(ABC):
     @abstractmethod
     def work_once(self) -> bool:
         """Do one batch of work; True when there was any (the loop then goes on at once)."""
+
+
+class LeaseKeeper:
+    """Keeps the leases of a claimed batch alive while the actor works through it.
+
+    A batch may take longer than a lease (a slow scheduler command, a full Local system): were the
+    lease to expire, recovery would hand the same jobs to another actor while this one still
+    works on them. A thread renews the batch's leases every third of their length until the batch
+    is done; if the actor dies, so does the thread, and the leases expire as they should.
+    """
+
+    def __init__(self, store: JobStore, jobs: list[dict[str, Any]], seconds: float) -> None:
+        self.store = store
+        self.by_token: dict[str, list[Any]] = {}
+        for doc in jobs:
+            self.by_token.setdefault(doc["lease"]["token"], []).append(doc["_id"])
+        self.seconds = seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.seconds / 3):
+            try:
+                for token, ids in self.by_token.items():
+                    self.store.renew_leases(ids, token, self.seconds)
+            except PyMongoError as exc:
+                log.warning("cannot renew leases: %s", exc)
 
 
 def run_actor(actor_class: type[Actor], ctx: ActorContext) -> None:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
-from execution_engine.actors.base import Actor
+from execution_engine.actors.base import Actor, LeaseKeeper
 from execution_engine.config import NotificationSection
 from execution_engine.logs import job_extra
 from execution_engine.registry import load_registry
@@ -117,7 +117,9 @@ class NotificationActor(Actor):
         mailer = Mailer(self.config.notification)
         smtp_down: str | None = None
         changes = []
+        keeper = LeaseKeeper(self.store, jobs, self.config.monitor.lease_seconds)
         try:
+            keeper.__enter__()
             for job in jobs:
                 done = set(job.get("notification", {}).get("done", []))
                 errors = []
@@ -140,6 +142,7 @@ class NotificationActor(Actor):
                         errors.append(f"execd_job_ended hook: {exc!r}")
                 changes.append(self._outcome(job, done, errors))
         finally:
+            keeper.__exit__()
             mailer.close()
             self.store.apply(changes)
         return True

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
-from execution_engine.actors.base import Actor
+from execution_engine.actors.base import Actor, LeaseKeeper
 from execution_engine.errors import (
     NoCapacity,
     RoutingError,
@@ -85,14 +85,15 @@ class SubmitActor(Actor):
         if not jobs:
             return False
         pending: list[Transition | UpdateOne] = []
-        for doc in jobs:
-            if self.stopping or self._is_blocked(doc.get("system")):
-                pending.append(self._put_back(doc, doc.get("system"), None))
-                continue
-            pending.append(self.submit_one(doc))
-            if len(pending) >= FLUSH_EVERY:
-                self._flush(pending)
-        self._flush(pending)
+        with LeaseKeeper(self.store, jobs, self.config.monitor.lease_seconds):
+            for doc in jobs:
+                if self.stopping or self._is_blocked(doc.get("system")):
+                    pending.append(self._put_back(doc, doc.get("system"), None))
+                    continue
+                pending.append(self.submit_one(doc))
+                if len(pending) >= FLUSH_EVERY:
+                    self._flush(pending)
+            self._flush(pending)
         return True
 
     def _flush(self, pending: list[Transition | UpdateOne]) -> None:
