@@ -48,7 +48,7 @@ def test_kill_running_job_ends_killed_and_its_processes_are_gone(engine: Engine,
     job = engine.submit("sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait")
     engine.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="job start")
     child = int(pidfile.read_text())
-    assert engine.store.get(job)["state"] == "running"
+    engine.wait_for(lambda: engine.store.get(job)["state"] == "running", what="state running")
     assert engine.cli("kill", str(job)).returncode == 0
     (doc,) = engine.wait_ended([job], timeout=30)
     assert doc["state"] == "killed"
