@@ -252,12 +252,25 @@ class JobStore:
 
     def _claim(self, filt: Mapping[str, Any], update: Mapping[str, Any], token: str, limit: int
                ) -> list[dict[str, Any]]:
-        ids = [d["_id"] for d in self.jobs.find(filt, {"_id": 1}).sort("_id", 1).limit(limit)]
-        if not ids:
+        """Read candidates, take them with one ``update_many``, and return the ones taken.
+
+        When the update took every candidate (the usual case), the documents already read are
+        returned with the claim's ``$set`` applied (other operators, such as ``$inc`` and
+        ``$push``, are not reflected); when others took some, ours are read back by token.
+        """
+        docs = list(self.jobs.find(filt, {"history": 0}).sort("_id", 1).limit(limit))
+        if not docs:
             return []
+        ids = [d["_id"] for d in docs]
         # The filter is repeated so that a job another actor took in between is left alone.
-        self.jobs.update_many({"_id": {"$in": ids}, **filt}, update)
-        return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token}))
+        taken = self.jobs.update_many({"_id": {"$in": ids}, **filt}, update).modified_count
+        if taken != len(ids):
+            return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token},
+                                       {"history": 0}))
+        for doc in docs:
+            for key, value in update["$set"].items():
+                _set_path(doc, key, value)
+        return docs
 
     def renew_leases(self, job_ids: Sequence[Any], token: str, seconds: float) -> None:
         """Extend the leases of claimed jobs that this claim (``token``) still holds."""
@@ -419,6 +432,14 @@ class JobStore:
 
     def daemons_on(self, host: str) -> list[dict[str, Any]]:
         return list(self.daemons.find({"host": host}))
+
+
+def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """``doc[a][b] = value`` for ``"a.b"``, as ``$set`` does."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        doc = doc.setdefault(part, {})
+    doc[last] = value
 
 
 def _regex_escape(text: str) -> str:

@@ -8,6 +8,9 @@ Every ended job carries ``notification.state = "due"`` (or ``"none"`` when the c
   ``{exit_code}``, ``{message}``, ``{job_dir}``, ``{owner}``, ``{project}``);
 * the ``execd_job_ended`` plugin hook (webhooks and other notifiers).
 
+When neither applies, the Status actor ends the job with ``notification.state = "none"`` at once
+(no claim, no second write), and so does this actor for the few jobs ended elsewhere.
+
 Each channel is recorded as done when it succeeds, so a retry only repeats what failed. A failure
 is retried with exponential backoff up to ``max_attempts``, then the notification is ``failed``
 with the reason; a slow or dead SMTP server never holds other jobs for long (the rest of the batch
@@ -44,6 +47,21 @@ DEFAULT_BODY = (
 
 def is_email(address: object) -> bool:
     return isinstance(address, str) and "@" in address and " " not in address
+
+
+def notification_channels(job: Mapping[str, Any], settings: NotificationSection,
+                          hook_count: int) -> list[str]:
+    """How the owner of ``job`` is to be told that it ended: ``email`` (an email owner and an SMTP
+    server), ``hooks`` (plugins implement ``execd_job_ended``); empty when nothing applies or
+    the job says ``notify: false``."""
+    if job.get("notify", True) is False:
+        return []
+    channels = []
+    if settings.smtp_host and is_email(job.get("owner")):
+        channels.append("email")
+    if hook_count:
+        channels.append("hooks")
+    return channels
 
 
 class _Fields(dict[str, Any]):
@@ -106,6 +124,7 @@ class NotificationActor(Actor):
 
     def setup(self) -> None:
         self.hooks = load_registry(self.config).manager.hook
+        self.hook_count = len(self.hooks.execd_job_ended.get_hookimpls())
 
     def work_once(self) -> bool:
         jobs = self.store.claim_notifications(
@@ -122,8 +141,9 @@ class NotificationActor(Actor):
             keeper.__enter__()
             for job in jobs:
                 done = set(job.get("notification", {}).get("done", []))
+                channels = notification_channels(job, self.config.notification, self.hook_count)
                 errors = []
-                if self._wants_email(job) and "email" not in done:
+                if "email" in channels and "email" not in done:
                     if smtp_down is not None:
                         errors.append(smtp_down)
                     else:
@@ -134,28 +154,28 @@ class NotificationActor(Actor):
                             smtp_down = f"email to {job['owner']}: {exc!r}"
                             errors.append(smtp_down)
                             mailer.close()
-                if "hooks" not in done:
+                if "hooks" in channels and "hooks" not in done:
                     try:
                         self.hooks.execd_job_ended(job=job)
                         done.add("hooks")
                     except Exception as exc:  # a notifier plugin's failure: retried later
                         errors.append(f"execd_job_ended hook: {exc!r}")
-                changes.append(self._outcome(job, done, errors))
+                changes.append(self._outcome(job, done, errors, nothing_to_do=not channels))
         finally:
             keeper.__exit__()
             mailer.close()
             self.store.apply(changes)
         return True
 
-    def _wants_email(self, job: Mapping[str, Any]) -> bool:
-        return bool(self.config.notification.smtp_host) and is_email(job.get("owner"))
-
-    def _outcome(self, job: Mapping[str, Any], done: set[str], errors: list[str]) -> UpdateOne:
+    def _outcome(self, job: Mapping[str, Any], done: set[str], errors: list[str], *,
+                 nothing_to_do: bool) -> UpdateOne:
         settings = self.config.notification
         attempts = int(job.get("notification", {}).get("attempts", 0)) + 1
         sets: dict[str, Any] = {"notification.attempts": attempts,
                                 "notification.done": sorted(done)}
-        if not errors:
+        if nothing_to_do:
+            sets["notification.state"] = "none"
+        elif not errors:
             sets["notification.state"] = "sent"
             sets["notification.sent_at"] = utcnow()
         elif attempts >= settings.max_attempts:

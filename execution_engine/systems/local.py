@@ -10,6 +10,10 @@
   ``/proc``): a recycled pid is never mistaken for the job.
 * Status comes from the exit-code file first, then from the process. Processes are watched through
   pidfds, so the Status actor wakes the moment a job exits instead of waiting for its next cycle.
+* What the job script itself prints (a shell error, never the command's output, which goes to
+  ``job.stdout``/``job.stderr``) is appended to ``<state_dir>/systems/<name>/jobs.log``, one
+  file opened once, rather than to a ``scheduler.log`` per job: creating a file per job is a
+  metadata write that costs as much as starting the job on some disks.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -98,17 +102,23 @@ class SlotPool:
             return fd
         return None
 
-    def acquire(self, wait: float) -> int:
-        """A free slot, waiting up to ``wait`` seconds; raises NoCapacity."""
+    def acquire(self, wait: float, sleep: Callable[[float], object] = time.sleep) -> int:
+        """A free slot, waiting up to ``wait`` seconds; raises NoCapacity.
+
+        ``sleep(seconds)`` waits between attempts; the Local system passes one that returns as
+        soon as one of its own jobs exits (slots freed by other processes are seen at the next
+        attempt, at most 10 ms later).
+        """
         deadline = time.monotonic() + wait
         delay = 0.0005
         while True:
             fd = self.try_acquire()
             if fd is not None:
                 return fd
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise NoCapacity("local", f"all {self.count} slots are busy")
-            time.sleep(delay)
+            sleep(min(delay, left))
             delay = min(delay * 2, 0.01)
 
     def free(self) -> int:
@@ -142,6 +152,7 @@ class PidWatcher:
         self._lock = threading.Lock()
         self._reap = reap
         self._thread: threading.Thread | None = None
+        self._exited = threading.Condition()
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -191,6 +202,13 @@ class PidWatcher:
                 with contextlib.suppress(ChildProcessError):
                     os.waitid(os.P_PIDFD, fd, os.WEXITED)
                 self.forget(pid)
+                with self._exited:
+                    self._exited.notify_all()
+
+    def wait_exit(self, timeout: float) -> None:
+        """Sleep until one of the watched children is reaped, or ``timeout`` seconds pass."""
+        with self._exited:
+            self._exited.wait(timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -221,43 +239,49 @@ class LocalSystem(ExecutionSystem):
         self.kill_grace = float(self.options["kill_grace"])
         self._children: PidWatcher | None = None
         self._watched: PidWatcher | None = None
+        self._jobs_log_fd: int | None = None
 
     # ------------------------------------------------------------------ run
     def run(self, job: JobSpec) -> Submission:
         if not job.script.is_file():
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
-        slot = self.slots.acquire(self.slot_wait)
+        if self._children is None:
+            self._children = PidWatcher(reap=True)
+        slot = self.slots.acquire(self.slot_wait, self._children.wait_exit)
         try:
             if slot == SLOT_FD:  # posix_spawn's dup2 onto itself would keep close-on-exec
                 moved = os.dup(slot)
                 os.close(slot)
                 slot = moved
-            log_fd = os.open(job.scheduler_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                             | os.O_CLOEXEC, 0o644)
-            try:
-                pid = os.posix_spawn(
-                    SHELL,
-                    [SHELL, str(job.script)],
-                    _base_environment(),
-                    file_actions=[
-                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                        (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                        (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                        (os.POSIX_SPAWN_DUP2, slot, SLOT_FD),
-                    ],
-                    setsid=True,
-                )
-            finally:
-                os.close(log_fd)
+            log_fd = self._jobs_log()
+            pid = os.posix_spawn(
+                SHELL,
+                [SHELL, str(job.script)],
+                _base_environment(),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                    (os.POSIX_SPAWN_DUP2, slot, SLOT_FD),
+                ],
+                setsid=True,
+            )
         except OSError as exc:
             raise SubmissionRejected(self.name, f"cannot start {job.script}: {exc}") from exc
         finally:
             os.close(slot)  # the job's process holds the slot from now on
         start = process_start_time(pid)  # an unreaped child is still in /proc
-        if self._children is None:
-            self._children = PidWatcher(reap=True)
         self._children.watch(pid)
         return Submission(f"{pid}:{start}", JobState.RUNNING)
+
+    def _jobs_log(self) -> int:
+        """The descriptor of this system's shared log of job scripts' own messages."""
+        if self._jobs_log_fd is None:
+            path = Path(self.options["state_dir"]) / "jobs.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._jobs_log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                        | os.O_CLOEXEC, 0o644)
+        return self._jobs_log_fd
 
     # ------------------------------------------------------------------ status
     def get_statuses(self, jobs: Iterable[JobSpec]) -> dict[str, StatusReport]:
@@ -321,6 +345,9 @@ class LocalSystem(ExecutionSystem):
         for watcher in (self._children, self._watched):
             if watcher is not None:
                 watcher.close()
+        if self._jobs_log_fd is not None:
+            os.close(self._jobs_log_fd)
+            self._jobs_log_fd = None
 
 
 def _runs_script(pid: int, job: JobSpec) -> bool:
