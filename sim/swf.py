@@ -1,0 +1,157 @@
+"""Reading workload traces in the Standard Workload Format (SWF).
+
+SWF is the format of the Parallel Workloads Archive (https://www.cs.huji.ac.il/labs/parallel/
+workload/): one job per line, 18 whitespace-separated numeric fields, ``-1`` where a value is
+unknown; lines starting with ``;`` are the header (``; Key: value`` comments). Fields, in order:
+
+ 1 job number          7 used memory (KB)          13 group id
+ 2 submit time (s)     8 requested processors      14 executable number
+ 3 wait time (s)       9 requested time (s)        15 queue number
+ 4 run time (s)       10 requested memory (KB)     16 partition number
+ 5 allocated procs    11 status (1 ok, 0 failed,   17 preceding job
+ 6 average cpu time      5 cancelled)              18 think time (s)
+
+A malformed line raises :class:`SwfError` naming the file and the line, so that a trace can be
+fixed (or cut) where it is broken.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+FIELDS = (
+    "job number", "submit time", "wait time", "run time", "allocated processors",
+    "average cpu time", "used memory", "requested processors", "requested time",
+    "requested memory", "status", "user id", "group id", "executable number",
+    "queue number", "partition number", "preceding job", "think time",
+)
+STATUS_FAILED = 0
+STATUS_COMPLETED = 1
+STATUS_CANCELLED = 5
+
+
+class SwfError(ValueError):
+    """A trace that cannot be read; the message names the file and the line."""
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SwfJob:
+    """One job of a trace (the fields the simulator uses; ``-1`` means unknown)."""
+
+    number: int
+    submit_time: float
+    run_time: float
+    allocated_processors: int
+    requested_processors: int
+    requested_time: float
+    status: int
+    user_id: int
+    group_id: int
+    line: int
+
+    @property
+    def processors(self) -> int | None:
+        """Processors the job asked for (else those it was given); None when unknown."""
+        for value in (self.requested_processors, self.allocated_processors):
+            if value > 0:
+                return value
+        return None
+
+    @property
+    def duration(self) -> float:
+        """How long the job ran (else the time it asked for; else 0): what a replay sleeps."""
+        for value in (self.run_time, self.requested_time):
+            if value >= 0:
+                return value
+        return 0.0
+
+
+@dataclass(frozen=True)
+class SwfTrace:
+    path: str
+    header: dict[str, str]
+    jobs: list[SwfJob]
+
+
+def parse_line(text: str, *, path: str = "<trace>", line: int = 0) -> SwfJob | None:
+    """The job on one line, None for a blank or comment line; raises SwfError."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith(";"):
+        return None
+    parts = stripped.split()
+    if len(parts) != len(FIELDS):
+        raise SwfError(path, line, f"expected {len(FIELDS)} fields, found {len(parts)}: "
+                                   f"{_clip(stripped)!r}")
+    values: list[float] = []
+    for index, part in enumerate(parts):
+        try:
+            value = float(part)
+        except ValueError:
+            raise SwfError(path, line, f"field {index + 1} ({FIELDS[index]}) is not a number: "
+                                       f"{_clip(part)!r}") from None
+        if not math.isfinite(value):
+            raise SwfError(path, line, f"field {index + 1} ({FIELDS[index]}) is not a finite "
+                                       f"number: {part!r}")
+        values.append(value)
+    if values[1] < 0:
+        raise SwfError(path, line, f"field 2 (submit time) must not be negative: {parts[1]!r}")
+    return SwfJob(
+        number=int(values[0]), submit_time=values[1], run_time=values[3],
+        allocated_processors=int(values[4]), requested_processors=int(values[7]),
+        requested_time=values[8], status=int(values[10]), user_id=int(values[11]),
+        group_id=int(values[12]), line=line,
+    )
+
+
+def iter_jobs(path: str | os.PathLike[str]) -> Iterator[SwfJob]:
+    """The jobs of a trace file in file order; raises SwfError (or OSError)."""
+    name = str(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, text in enumerate(f, start=1):
+            job = parse_line(text, path=name, line=number)
+            if job is not None:
+                yield job
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``; Key: value`` lines at the top of a trace."""
+    header: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for text in f:
+            stripped = text.strip()
+            if stripped and not stripped.startswith(";"):
+                break
+            key, sep, value = stripped.lstrip("; ").partition(":")
+            if sep and key and " " not in key.strip():
+                header[key.strip()] = value.strip()
+    return header
+
+
+def load_trace(path: str | os.PathLike[str], limit: int | None = None) -> SwfTrace:
+    """The first ``limit`` jobs of a trace (all when None), in submit-time order."""
+    if not Path(path).is_file():
+        raise SwfError(str(path), None, "no such trace file")
+    jobs: list[SwfJob] = []
+    for job in iter_jobs(path):
+        jobs.append(job)
+        if limit is not None and len(jobs) >= limit:
+            break
+    if not jobs:
+        raise SwfError(str(path), None, "the trace holds no job line")
+    jobs.sort(key=lambda j: (j.submit_time, j.line))
+    return SwfTrace(str(path), read_header(path), jobs)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
