@@ -186,6 +186,10 @@ def _fmt_duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------- client commands
 def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
+    if args.app:  # an application job (execd submit --app NAME --input ...)
+        from execution_engine.cli_apps import cmd_submit_app
+
+        return cmd_submit_app(config, args)
     command = args.command
     if command and command[0] == "--":
         command = command[1:]
@@ -390,6 +394,8 @@ def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from execution_engine.cli_apps import add_app_commands, add_submit_app_options
+
     parser = argparse.ArgumentParser(
         prog="execd", description="execd: a job execution engine daemon.")
     parser.add_argument("-c", "--config", help="configuration file (default: $EXECD_CONFIG, "
@@ -415,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", metavar="NAME=VALUE")
     p.add_argument("--no-notify", action="store_true", help="do not notify the owner")
     p.add_argument("command", nargs=argparse.REMAINDER)
+    add_submit_app_options(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", help="list jobs, newest first")
@@ -444,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("systems", help="list execution systems, rules and routes"
                    ).set_defaults(func=cmd_systems)
+    add_app_commands(sub)  # app add|list|show, fetch
     return parser
 
 

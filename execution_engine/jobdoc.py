@@ -63,6 +63,8 @@ def check_job(
         if error.validator == "required":
             missing = error.message.split("'")[1] if "'" in error.message else error.message
             problems.append(f"{field + '.' if field else ''}{missing}: required field is missing")
+        elif error.validator == "not":
+            problems.append(f"{field}: {_NOT_ALLOWED.get(field, 'not allowed here')}")
         else:
             problems.append(f"{field or '(document)'}: {_short(error.message)}")
     command = doc.get("command")
@@ -78,6 +80,13 @@ def check_job(
     return problems
 
 
+_NOT_ALLOWED = {
+    "command": "not allowed with app (a job runs either a command or an application)",
+    "inputs": "only for a job that names an application (app)",
+    "splitter": "only for a job that names an application (app)",
+}
+
+
 def _short(message: str, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
@@ -89,6 +98,9 @@ def job_name(doc: Mapping[str, Any]) -> str:
     command = doc.get("command")
     if isinstance(command, list) and command and isinstance(command[0], str):
         return Path(command[0]).name or command[0]
+    app = doc.get("app")
+    if isinstance(app, Mapping) and isinstance(app.get("name"), str) and app["name"]:
+        return app["name"]
     return job_id_text(doc.get("_id"))
 
 

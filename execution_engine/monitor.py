@@ -8,6 +8,7 @@
   dies, giving its leased jobs back at once.
 * Recovers jobs whose lease expired, ends jobs cancelled before submission, and ends in ``error``
   jobs whose state is missing or unknown.
+* Keeps split masters in step with their subjobs (``execution_engine.apps.masters``).
 * On reload, restarts the actors with the new configuration (warm stop, then start): jobs running
   on execution systems are not touched.
 """
@@ -34,6 +35,7 @@ from execution_engine.actors.building import BuildingActor
 from execution_engine.actors.notification import NotificationActor
 from execution_engine.actors.status import StatusActor
 from execution_engine.actors.submit import SubmitActor
+from execution_engine.apps.masters import SplitFollower
 from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
@@ -123,6 +125,7 @@ class Monitor:
         self.restarts: dict[tuple[str, int], float] = {}
         self.stopping = False
         self.store: JobStore
+        self.split_masters = SplitFollower(f"{instance}/monitor")
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
@@ -260,6 +263,7 @@ class Monitor:
             if now - last_sweep >= sweep_every:
                 last_sweep = now
                 self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
+            self._guard(lambda: self.split_masters.tick(self.store))
 
     def _open_stream(self, resume_token: Mapping[str, Any] | None) -> tuple[Any, bool]:
         try:
@@ -291,6 +295,7 @@ class Monitor:
             raw_state = fields.get("state")
             cancel = fields.get("cancel_requested")
         if raw_state is not None or change["operationType"] != "update":
+            self.split_masters.note()  # a subjob may have moved: its master may follow
             state = parse_state(raw_state)
             if state is None:
                 self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
@@ -300,8 +305,10 @@ class Monitor:
             if state in ENDED_STATES:
                 self.bells["submit"].ring()  # a slot may have freed
         if cancel is True:
+            self.split_masters.note()
             self.bells["status"].ring()
             self._guard(lambda: self.store.cancel_unsubmitted(by="monitor"))
+        self._guard(lambda: self.split_masters.tick(self.store))  # at most every min_gap
 
     def periodic(self) -> None:
         def work() -> None:

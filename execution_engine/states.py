@@ -8,6 +8,10 @@ the only place that decides what may follow what; the store refuses any other tr
          │             │               │                 │            running   │ (any order)
          │             │               │                 │            hold      │
          └─────────────┴───────────────┴─────────────────┴──> finished | error | killed
+
+A split master (a job with a ``splitter``, see ``execution_engine.apps.split``) goes from
+``building`` straight to ``submitted`` on the ``split`` pseudo-system: it is never submitted
+anywhere, its subjobs are, and its state follows theirs (``execution_engine.apps.masters``).
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ _ENDS = ENDED_STATES
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.TO_BE_BUILT: frozenset({JobState.BUILDING}) | _ENDS,
-    JobState.BUILDING: frozenset({JobState.TO_BE_SUBMITTED, JobState.TO_BE_BUILT}) | _ENDS,
+    # building -> submitted: only a split master, whose subjobs are its submissions.
+    JobState.BUILDING: frozenset({JobState.TO_BE_SUBMITTED, JobState.TO_BE_BUILT,
+                                  JobState.SUBMITTED}) | _ENDS,
     JobState.TO_BE_SUBMITTED: frozenset({JobState.SUBMITTING}) | _ENDS,
     # A submission may return straight into any native state, or be put back for lack of room.
     JobState.SUBMITTING: ACTIVE_STATES | {JobState.TO_BE_SUBMITTED} | _ENDS,

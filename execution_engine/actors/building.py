@@ -2,7 +2,8 @@
 
 For each claimed job: check the document against the job contract (every problem at once), make
 its job directory ``<jobs_dir>/<project>/<job id>`` and forge its standalone job script. Building
-is idempotent, so a job whose builder died is simply built again.
+is idempotent, so a job whose builder died is simply built again. A job that names an
+application (``app``) is built by :class:`execution_engine.apps.builder.AppBuilder`.
 
 Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by default); the
 ``.execd`` sub-directory holds the engine's files (script, pid, exit code, scheduler log).
@@ -11,11 +12,13 @@ Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by def
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from execution_engine.actors.base import Actor
+from execution_engine.apps.builder import AppBuild, AppBuilder
 from execution_engine.errors import BuildError, InvalidJob, JobError
 from execution_engine.jobdoc import (
     check_job,
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 class BuildingActor(Actor):
     kind: ClassVar[str] = "building"
+    _app_builder: AppBuilder | None = None
 
     def work_once(self) -> bool:
         jobs = self.store.claim(
@@ -56,7 +60,10 @@ class BuildingActor(Actor):
                               message="cancelled before submission", lease_token=token,
                               fields=end_fields(notify))
         try:
-            job_dir = self.build(doc)
+            if doc.get("app") is not None:  # an application job: execution_engine.apps
+                built = self.app_builder().build(doc)
+            else:
+                built = AppBuild(self.build(doc), JobState.TO_BE_SUBMITTED)
         except JobError as exc:
             log.info("cannot build: %s", exc.reason, extra=job_extra(doc["_id"]))
             return transition(doc["_id"], JobState.BUILDING, JobState.ERROR, by=self.owner,
@@ -68,10 +75,15 @@ class BuildingActor(Actor):
                               message=f"internal error while building: {exc!r}",
                               lease_token=token, fields=end_fields(notify))
         now = utcnow()
-        return transition(doc["_id"], JobState.BUILDING, JobState.TO_BE_SUBMITTED,
-                          by=self.owner, lease_token=token,
-                          fields={"job_dir": str(job_dir), "built_at": now,
-                                  "created_at": doc.get("created_at", now)})
+        return transition(doc["_id"], JobState.BUILDING, built.state,
+                          by=self.owner, lease_token=token, message=built.message,
+                          fields={"job_dir": str(built.job_dir), "built_at": now,
+                                  "created_at": doc.get("created_at", now), **built.fields})
+
+    def app_builder(self) -> AppBuilder:
+        if self._app_builder is None:
+            self._app_builder = AppBuilder(self.config, self.store)
+        return self._app_builder
 
     def build(self, doc: Mapping[str, Any]) -> Path:
         """Check the job and write its directory and script; raises InvalidJob or BuildError."""
@@ -83,7 +95,7 @@ class BuildingActor(Actor):
         job_dir = job_dir_for(engine.jobs_dir, doc)
         job_id = job_id_text(doc["_id"])
         try:
-            (job_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+            make_job_dir(job_dir)
             script = forge_script(
                 job_id=job_id,
                 job_dir=str(job_dir),
@@ -94,10 +106,27 @@ class BuildingActor(Actor):
                     job_path=engine.job_path, extra=doc.get("environment"),
                 ),
             )
-            path = job_dir / SCRIPT_NAME
-            path.write_text(script)
-            path.chmod(0o755)
+            write_script(job_dir / SCRIPT_NAME, script)
         except OSError as exc:
             raise BuildError(doc.get("_id"), f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc
         return job_dir
+
+
+def make_job_dir(job_dir: Path) -> None:
+    """Make ``job_dir`` and its ``.execd`` folder: two ``mkdir`` calls in the usual case (the
+    project folder exists), since each metadata change is dear on some disks."""
+    try:
+        job_dir.mkdir()
+    except FileNotFoundError:  # the project's first job
+        job_dir.mkdir(parents=True)
+    except FileExistsError:  # built before (the builder died, or a rebuild)
+        pass
+    (job_dir / ENGINE_DIR).mkdir(exist_ok=True)
+
+
+def write_script(path: Path, text: str) -> None:
+    """Write an executable script in one go (created with its mode: no separate chmod)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

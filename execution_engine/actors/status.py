@@ -29,6 +29,8 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from execution_engine.actors.base import Actor
+from execution_engine.actors.notification import notification_channels
+from execution_engine.apps.outputs import app_outputs, failed_phase_message
 from execution_engine.errors import SystemUnavailable
 from execution_engine.jobdoc import spec_of
 from execution_engine.logs import job_extra
@@ -50,6 +52,7 @@ class StatusActor(Actor):
     def setup(self) -> None:
         registry = load_registry(self.config)
         self.systems: dict[str, ExecutionSystem] = create_systems(registry, self.config)
+        self.hook_count = len(registry.manager.hook.execd_job_ended.get_hookimpls())
         self.host = host_name()
         self.next_due = dict.fromkeys(self.systems, 0.0)
         self.backoff: dict[str, float] = {}
@@ -181,10 +184,16 @@ class StatusActor(Actor):
             final, message = JobState.ERROR, report.message or "killed by the execution system"
         else:
             final, message = JobState.ERROR, report.message
+        job_dir = Path(doc["job_dir"])
+        patterns = doc.get("output_patterns")  # set on application jobs (execution_engine.apps)
+        if final is JobState.ERROR and patterns is not None:  # name the phase that failed
+            message = failed_phase_message(job_dir, message)
         fields = {
-            **end_fields(doc.get("notify", True) is not False),
+            **end_fields(bool(notification_channels(doc, self.config.notification,
+                                                    self.hook_count))),
             "exit_code": report.exit_code,
-            "outputs": list_outputs(Path(doc["job_dir"])),
+            "outputs": list_outputs(job_dir) if patterns is None else
+            app_outputs(job_dir, patterns),
         }
         log.debug("ended %s (%s)", final.value, message, extra=job_extra(doc["_id"]))
         return transition(doc["_id"], current, final, by=self.owner, message=message,

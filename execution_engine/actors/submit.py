@@ -6,7 +6,9 @@ the route's execution system to run it, and store the native id straight away. N
 * the claim marks a submission attempt on the job before ``run`` is called;
 * a job whose Submit actor died in between comes back marked for recovery (see
   ``JobStore.recover_expired``), and the execution system is first asked whether it already has
-  the job (``ExecutionSystem.find``, by the job's tag or job directory) before a new ``run``.
+  the job (``ExecutionSystem.find``, by the job's tag or job directory) before a new ``run``;
+* so does a job whose submission ended in doubt: ``SystemUnavailable`` from ``run`` (a command
+  that timed out may have been accepted, and the system's own look-up may have failed too).
 
 A system with no free slot (``NoCapacity``) gets its jobs back in ``to be submitted`` with the
 chosen system recorded, and is not offered more until a slot frees or the poll interval passes;
@@ -149,7 +151,8 @@ class SubmitActor(Actor):
             self.blocked_until[system_name] = time.monotonic() + delay
             log.warning("%s unavailable, retrying in %.0fs: %s", system_name, delay, exc.reason,
                         extra=job_extra(job_id))
-            return self._put_back(doc, system_name, route_name, retry_in=delay)
+            # The job may have reached the system all the same: look it up before a new run.
+            return self._put_back(doc, system_name, route_name, retry_in=delay, recover=True)
         except Exception as exc:  # a system plugin's bug must not stop other jobs
             log.exception("execution system %s failed to submit", system_name,
                           extra=job_extra(job_id))
@@ -198,9 +201,10 @@ class SubmitActor(Actor):
         return outcome.route, outcome.system
 
     def _put_back(self, doc: Mapping[str, Any], system: str | None, route: str | None,
-                  retry_in: float | None = None) -> UpdateOne:
+                  retry_in: float | None = None, recover: bool = False) -> UpdateOne:
         """Return a claimed job to ``to be submitted`` without a history entry (a job waiting for
-        a slot may come back many times; its history records real changes only)."""
+        a slot may come back many times; its history records real changes only). ``recover``:
+        the next attempt first asks the system whether it already has the job."""
         sets: dict[str, Any] = {"state": JobState.TO_BE_SUBMITTED.value, "updated_at": utcnow()}
         if system is not None:
             sets["system"] = system
@@ -208,6 +212,8 @@ class SubmitActor(Actor):
             sets["route"] = route
         if retry_in is not None:
             sets["submission.retry_at"] = utcnow() + timedelta(seconds=retry_in)
+        if recover:
+            sets["submission.recover"] = True
         return UpdateOne(
             {"_id": doc["_id"], "state": JobState.SUBMITTING.value,
              "lease.token": doc["lease"]["token"]},

@@ -1,0 +1,253 @@
+"""Building application jobs (``app`` instead of ``command``): the Building actor's other branch.
+
+For a plain application job: check the document, find the application version, check every
+input (all problems in one message), route the job (its execution system picks the environment
+snippet, so application jobs are routed here, at build time; the Submit actor keeps the route),
+stage file inputs into the job directory and forge the job script.
+
+A job with a ``splitter`` is a split master (see :mod:`.split`): it is checked and built once,
+its subjobs are written, and it becomes ``submitted`` on the ``split`` pseudo-system, followed
+by :mod:`.masters`. A job with a ``parent`` is a subjob: built like a plain job in its own
+directory under its master's, with its master's application version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from execution_engine.apps.forge import ForgeError, forge_body
+from execution_engine.apps.inputs import CheckedInputs, FileValue, as_text, check_inputs
+from execution_engine.apps.registry import AppRegistry, StoredApp, UnknownApp
+from execution_engine.apps.split import (
+    RESERVED_TARGETS,
+    SPLIT_SYSTEM,
+    SUBJOBS_DIR,
+    SplitError,
+    Splitter,
+    check_subjob_ids,
+    files_of,
+    insert_subjobs,
+    split_values,
+    subjob_documents,
+    write_chunks,
+)
+from execution_engine.apps.staging import StagingError, stage
+from execution_engine.config import EngineConfig
+from execution_engine.errors import BuildError, InvalidJob, RoutingError
+from execution_engine.jobdoc import check_job, job_dir_for, job_id_text, job_name, job_project
+from execution_engine.jobscript import forge_script, job_environment
+from execution_engine.states import JobState
+from execution_engine.store import JobStore, utcnow
+from execution_engine.systems.base import ENGINE_DIR, SCRIPT_NAME
+
+if TYPE_CHECKING:
+    from execution_engine.routing.dispatcher import Dispatcher
+    from execution_engine.routing.guard import RuleGuard
+
+
+@dataclass(frozen=True)
+class AppBuild:
+    """What building an application job gives the Building actor's transition."""
+
+    job_dir: Path
+    state: JobState
+    fields: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+
+
+class AppBuilder:
+    """Builds application jobs for one Building actor (not shared across processes)."""
+
+    def __init__(self, config: EngineConfig, store: JobStore) -> None:
+        self.config = config
+        self.store = store
+        self.registry = AppRegistry(store.db)
+        self._versions: dict[tuple[str, int], StoredApp] = {}
+        self._dispatcher: Dispatcher | None = None
+        self._guard: RuleGuard | None = None
+
+    # ------------------------------------------------------------------ entry point
+    def build(self, doc: Mapping[str, Any]) -> AppBuild:
+        """Build ``doc``; raises InvalidJob, BuildError or RoutingError (the job ends in
+        ``error`` with the message)."""
+        engine = self.config.engine
+        problems = check_job(doc, max_command_bytes=engine.max_command_bytes,
+                             max_document_bytes=engine.max_document_bytes)
+        if problems:
+            raise InvalidJob(doc.get("_id"), "invalid job: " + "; ".join(problems))
+        app = self.app_of(doc)
+        if doc.get("parent") is not None:
+            return self.build_subjob(doc, app)
+        if doc.get("splitter") is not None:
+            return self.build_master(doc, app)
+        return self.build_single(doc, app, job_dir_for(engine.jobs_dir, doc))
+
+    def app_of(self, doc: Mapping[str, Any]) -> StoredApp:
+        name, version = doc["app"]["name"], doc["app"].get("version")
+        if version is not None and (name, version) in self._versions:
+            return self._versions[(name, version)]
+        try:
+            app = self.registry.get(name, version)
+        except UnknownApp as exc:
+            raise InvalidJob(doc["_id"], f"app: {exc}") from exc
+        self._versions[(name, app.version)] = app
+        return app
+
+    # ------------------------------------------------------------------ one job
+    def build_single(self, doc: Mapping[str, Any], app: StoredApp, job_dir: Path, *,
+                     master_dir: Path | None = None, index: int | None = None) -> AppBuild:
+        job_id = doc["_id"]
+        checked = check_inputs(app.definition, doc.get("inputs") or [])
+        _refuse(job_id, app, checked.problems)
+        route, system = self.route(doc, job_dir)
+        markups = self.markups(doc, app, checked, job_dir, system=system,
+                               master_dir=master_dir, index=index)
+        try:
+            body = forge_body(app.definition, markups, system)
+        except ForgeError as exc:
+            raise BuildError(job_id, f"application {app.name} version {app.version}: "
+                             + "; ".join(exc.problems)) from exc
+        try:
+            (job_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+            self.stage_all(job_id, checked, job_dir)
+            script = forge_script(
+                job_id=job_id_text(job_id), job_dir=str(job_dir), command=(), body=body,
+                environment=self.environment(doc, job_dir),
+            )
+            path = job_dir / SCRIPT_NAME
+            path.write_text(script)
+            path.chmod(0o755)
+        except OSError as exc:
+            raise BuildError(job_id, f"cannot write the job directory {job_dir}: {exc}"
+                             ) from exc
+        return AppBuild(job_dir, JobState.TO_BE_SUBMITTED, {
+            "app.version": app.version,
+            "output_patterns": list(app.definition.outputs),
+            "route": route,
+            "system": system,
+        })
+
+    def stage_all(self, job_id: Any, checked: CheckedInputs, job_dir: Path) -> None:
+        for name, value in checked.values.items():
+            if isinstance(value, FileValue):
+                try:
+                    stage(value.source, job_dir, value.target, value.action)
+                except (StagingError, OSError) as exc:
+                    raise BuildError(job_id, f"input {name!r}: cannot stage {value.source} as "
+                                     f"{value.target!r}: {exc}") from exc
+
+    def markups(self, doc: Mapping[str, Any], app: StoredApp, checked: CheckedInputs,
+                job_dir: Path, *, system: str, master_dir: Path | None, index: int | None
+                ) -> dict[str, str]:
+        """The value of every markup: the inputs', then the engine's."""
+        values = {name: str(job_dir / value.target) if isinstance(value, FileValue)
+                  else as_text(value) for name, value in checked.values.items()}
+        cores = (doc.get("requirements") or {}).get("cores") or 1
+        engine = {
+            "JOB_ID": job_id_text(doc["_id"]),
+            "JOB_NAME": job_name(doc),
+            "JOB_DIR": str(job_dir),
+            "PROJECT": job_project(doc),
+            "OWNER": doc.get("owner") or "",
+            "APP_NAME": app.name,
+            "APP_VERSION": str(app.version),
+            "SYSTEM": system,
+            "CORES": str(cores),
+            "SUBJOB_INDEX": "" if index is None else str(index),
+            "MASTER_DIR": str(master_dir or job_dir),
+        }
+        return {**values, **engine}
+
+    def environment(self, doc: Mapping[str, Any], job_dir: Path) -> dict[str, str]:
+        return job_environment(
+            job_id=job_id_text(doc["_id"]), name=job_name(doc), job_dir=str(job_dir),
+            project=job_project(doc), owner=doc.get("owner"),
+            job_path=self.config.engine.job_path, extra=doc.get("environment"),
+        )
+
+    def route(self, doc: Mapping[str, Any], job_dir: Path) -> tuple[str, str]:
+        """The (route, system) of the job, decided as the Submit actor would."""
+        from execution_engine.registry import load_registry
+        from execution_engine.routing.dispatcher import Dispatcher
+        from execution_engine.routing.guard import RuleGuard, RuleTimeout
+
+        if self._dispatcher is None or self._guard is None:
+            self._dispatcher = Dispatcher.from_config(self.config,
+                                                      load_registry(self.config).rules)
+            self._guard = RuleGuard(self.config.plugins.rule_timeout)
+        try:
+            decision = self._guard.decide(self._dispatcher, {**doc, "job_dir": str(job_dir)})
+        except RuleTimeout as exc:
+            raise RoutingError(doc["_id"], str(exc)) from exc
+        outcome = decision.outcome(doc["_id"])
+        return outcome.route, outcome.system
+
+    # ------------------------------------------------------------------ split jobs
+    def build_master(self, doc: Mapping[str, Any], app: StoredApp) -> AppBuild:
+        job_id = doc["_id"]
+        splitter = Splitter.from_doc(doc["splitter"])
+        checked = check_inputs(app.definition, doc.get("inputs") or [],
+                               split_input=splitter.input, split_directory=splitter.by_files,
+                               reserved_targets=RESERVED_TARGETS)
+        values, split_problems = split_values(app.definition, splitter)
+        problems = [*checked.problems, *split_problems]
+        if values and (reason := check_subjob_ids(job_id, len(values))) is not None:
+            problems.append(reason)
+        _refuse(job_id, app, problems)
+        master_dir = job_dir_for(self.config.engine.jobs_dir, doc)
+        try:
+            (master_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+            self.stage_all(job_id, checked, master_dir)
+            per_subjob: list[Any] = values
+            source = checked.split_source
+            if splitter.kind == "files" and source is not None:
+                per_subjob = files_of(source.source, source)
+            elif splitter.kind == "lines" and source is not None:
+                per_subjob = write_chunks(source, int(splitter.argument), master_dir)
+            if not per_subjob:
+                raise BuildError(job_id, f"splitter: input {splitter.input!r} gives no "
+                                 "subjobs (an empty directory or file?)")
+            reason = check_subjob_ids(job_id, len(per_subjob))
+            if reason is not None:
+                raise InvalidJob(job_id, f"invalid job: {reason}")
+            shared = {k: v for k, v in checked.values.items() if k != splitter.input}
+            subjobs = subjob_documents(doc, app.version, shared, split_input=splitter.input,
+                                       per_subjob=per_subjob, master_dir=master_dir)
+            insert_subjobs(self.store.jobs, subjobs)
+        except SplitError as exc:
+            raise BuildError(job_id, "; ".join(exc.problems)) from exc
+        except OSError as exc:
+            raise BuildError(job_id, f"cannot write the job directory {master_dir}: {exc}"
+                             ) from exc
+        count = len(subjobs)
+        return AppBuild(master_dir, JobState.SUBMITTED, {
+            "app.version": app.version,
+            "output_patterns": list(app.definition.outputs),
+            "system": SPLIT_SYSTEM,
+            "submitted_at": utcnow(),
+            "subjobs": {"total": count, "counts": {JobState.TO_BE_BUILT.value: count}},
+        }, f"split into {count} subjobs by input {splitter.input!r} ({splitter.kind})")
+
+    def build_subjob(self, doc: Mapping[str, Any], app: StoredApp) -> AppBuild:
+        job_id = doc["_id"]
+        master = self.store.jobs.find_one({"_id": doc["parent"]},
+                                          {"app": 1, "project": 1, "splitter": 1})
+        index = doc.get("index")
+        if master is None or not master.get("splitter") or \
+                (master.get("app") or {}).get("name") != app.name:
+            raise InvalidJob(job_id, f"parent: {doc['parent']} is not a split job of "
+                                     f"application {app.name}")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise InvalidJob(job_id, f"index: {index!r} is not a subjob index")
+        master_dir = job_dir_for(self.config.engine.jobs_dir, master)
+        return self.build_single(doc, app, master_dir / SUBJOBS_DIR / str(index),
+                                 master_dir=master_dir, index=index)
+
+
+def _refuse(job_id: Any, app: StoredApp, problems: list[str]) -> None:
+    if problems:
+        raise InvalidJob(job_id, f"invalid inputs for application {app.name} version "
+                                 f"{app.version}: " + "; ".join(problems))

@@ -1,0 +1,2 @@
+wc -l <@@text@@ >count.txt
+cat @@text@@ >>count.txt
