@@ -39,6 +39,9 @@ class EngineSection:
     job_path: str
     max_command_bytes: int
     max_document_bytes: int
+    input_dirs: tuple[Path, ...] = ()
+    """Folders the file inputs of application jobs may come from (empty: anywhere the daemon can
+    read)."""
 
     @property
     def mongodb_uri_file(self) -> Path:
@@ -288,6 +291,7 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
         job_path=eng["job_path"],
         max_command_bytes=eng["max_command_bytes"],
         max_document_bytes=eng["max_document_bytes"],
+        input_dirs=tuple(_path(p, base, Path(p)) for p in eng["input_dirs"] if p),
     )
     plugins = raw["plugins"]
     systems = tuple(

@@ -11,7 +11,7 @@ import pytest
 
 from execution_engine.apps.definition import AppDefinition, load_definition
 from execution_engine.apps.forge import ForgeError, forge_body
-from execution_engine.apps.inputs import FileValue, as_text, check_inputs
+from execution_engine.apps.inputs import FileValue, as_text, check_inputs, source_problem
 from execution_engine.apps.markup import ENGINE_MARKUPS
 from execution_engine.apps.staging import StagingError, stage, target_problem
 from execution_engine.jobscript import forge_script
@@ -234,3 +234,18 @@ def test_a_failing_environment_snippet_stops_the_job(app: AppDefinition, tmp_pat
     assert (job_dir / ".execd" / "exit_code").read_text().strip() == str(code)
     assert (job_dir / ".execd" / "failed_phase").read_text().strip() == "environment"
     assert not (job_dir / "prolog.stdout").exists()
+
+
+def test_file_inputs_outside_input_dirs_are_refused(tmp_path: Path) -> None:
+    allowed = tmp_path / "uploads"
+    allowed.mkdir()
+    inside = allowed / "in.txt"
+    inside.write_text("x")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("s")
+    sneaky = allowed / "link.txt"
+    sneaky.symlink_to(outside)
+    assert source_problem(inside, allowed_dirs=[allowed]) is None
+    assert "outside the folders" in (source_problem(outside, allowed_dirs=[allowed]) or "")
+    assert "outside the folders" in (source_problem(sneaky, allowed_dirs=[allowed]) or "")
+    assert source_problem(outside) is None  # no input_dirs: anywhere readable

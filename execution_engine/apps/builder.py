@@ -100,7 +100,8 @@ class AppBuilder:
     def build_single(self, doc: Mapping[str, Any], app: StoredApp, job_dir: Path, *,
                      master_dir: Path | None = None, index: int | None = None) -> AppBuild:
         job_id = doc["_id"]
-        checked = check_inputs(app.definition, doc.get("inputs") or [])
+        checked = check_inputs(app.definition, doc.get("inputs") or [],
+                               allowed_dirs=self.config.engine.input_dirs)
         _refuse(job_id, app, checked.problems)
         route, system = self.route(doc, job_dir)
         markups = self.markups(doc, app, checked, job_dir, system=system,
@@ -191,7 +192,8 @@ class AppBuilder:
         splitter = Splitter.from_doc(doc["splitter"])
         checked = check_inputs(app.definition, doc.get("inputs") or [],
                                split_input=splitter.input, split_directory=splitter.by_files,
-                               reserved_targets=RESERVED_TARGETS)
+                               reserved_targets=RESERVED_TARGETS,
+                               allowed_dirs=self.config.engine.input_dirs)
         values, split_problems = split_values(app.definition, splitter)
         problems = [*checked.problems, *split_problems]
         if values and (reason := check_subjob_ids(job_id, len(values))) is not None:

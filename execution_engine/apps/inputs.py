@@ -150,10 +150,29 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-def source_problem(path: Path, *, directory: bool = False) -> str | None:
-    """Why ``path`` cannot be staged as a file input (or, ``directory``, split per file)."""
+def source_problem(path: Path, *, directory: bool = False,
+                   allowed_dirs: Sequence[Path] = ()) -> str | None:
+    """Why ``path`` cannot be staged as a file input (or, ``directory``, split per file).
+
+    With ``allowed_dirs`` (``[engine] input_dirs``), the path, links resolved, must lie inside
+    one of them: a daemon running as root would otherwise copy any file of the host into a job.
+    """
     if not path.is_absolute():
         return f"path {str(path)!r} is not absolute"
+    return _outside_problem(path, allowed_dirs) or _readable_problem(path, directory)
+
+
+def _outside_problem(path: Path, allowed_dirs: Sequence[Path]) -> str | None:
+    if not allowed_dirs:
+        return None
+    real = path.resolve()
+    if any(real.is_relative_to(d.resolve()) for d in allowed_dirs):
+        return None
+    return (f"{path} is outside the folders file inputs may come from "
+            f"([engine] input_dirs: {', '.join(str(d) for d in allowed_dirs)})")
+
+
+def _readable_problem(path: Path, directory: bool) -> str | None:
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -188,6 +207,7 @@ def check_inputs(
     split_input: str | None = None,
     split_directory: bool = False,
     reserved_targets: Sequence[str] = (),
+    allowed_dirs: Sequence[Path] = (),
 ) -> CheckedInputs:
     """Check ``given`` (a job's ``inputs``) against ``app``; defaults fill in what is missing.
 
@@ -195,7 +215,7 @@ def check_inputs(
     must be given and be a directory (split per file), else when it is a file input it must be
     given (split per lines), else it must not be given (values or a range).
     """
-    checker = _Checker(app, split_input, split_directory, reserved_targets)
+    checker = _Checker(app, split_input, split_directory, reserved_targets, allowed_dirs)
     for position, item in enumerate(given):
         checker.check(position, item)
     checker.fill_in()
@@ -206,8 +226,9 @@ class _Checker:
     """The state of one :func:`check_inputs` call."""
 
     def __init__(self, app: AppDefinition, split_input: str | None, split_directory: bool,
-                 reserved_targets: Sequence[str]) -> None:
+                 reserved_targets: Sequence[str], allowed_dirs: Sequence[Path]) -> None:
         self.app = app
+        self.allowed_dirs = allowed_dirs
         self.split_input = split_input
         self.split_directory = split_directory
         self.reserved = reserved_targets
@@ -267,7 +288,7 @@ class _Checker:
             self.problems.append(f"{where}: action {action!r} is not COPY or LINK")
             return
         directory = self.split_directory and name == self.split_input
-        reason = source_problem(Path(path), directory=directory)
+        reason = source_problem(Path(path), directory=directory, allowed_dirs=self.allowed_dirs)
         if reason is not None:
             self.problems.append(f"{where}: {reason}")
             return
