@@ -56,10 +56,18 @@ ACTOR_CLASSES = {
 STOP_TIMEOUT = 30.0
 """Seconds actors get to finish their batch at a warm stop before they are killed."""
 
+# The stream carries what actors cannot tell each other: new jobs, cancellations, and changes
+# that open work for a pool or that no engine process would write (made by clients, by other
+# daemons, or by recovery). Transitions an actor makes and hands on itself (building,
+# submitting, running...) are left out: they are most of the traffic, and the actor rings the
+# next pool directly.
+_HANDED_ON_STATES = [JobState.BUILDING.value, JobState.SUBMITTING.value,
+                     *(s.value for s in ACTIVE_STATES)]
 _STREAM_PIPELINE: list[dict[str, Any]] = [
     {"$match": {"$or": [
         {"operationType": {"$in": ["insert", "replace"]}},
-        {"updateDescription.updatedFields.state": {"$exists": True}},
+        {"updateDescription.updatedFields.state": {"$exists": True,
+                                                   "$nin": _HANDED_ON_STATES}},
         {"updateDescription.updatedFields.cancel_requested": {"$exists": True}},
     ]}},
     {"$project": {
