@@ -185,6 +185,17 @@ def _fmt_duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------- client commands
+def env_options(items: list[str] | None) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a mapping; a malformed one is a usage error."""
+    env = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"submit: --env {item!r} is not NAME=VALUE")
+        env[key] = value
+    return env
+
+
 def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
     if args.app:  # an application job (execd submit --app NAME --input ...)
         from execution_engine.cli_apps import cmd_submit_app
@@ -195,12 +206,7 @@ def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise ConfigError("submit: give the command after '--', e.g. execd submit -- echo hi")
-    env = {}
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"submit: --env {item!r} is not NAME=VALUE")
-        env[key] = value
+    env = env_options(args.env)
     doc = new_job_document(command, name=args.name, owner=args.owner, project=args.project,
                            environment=env, notify=False if args.no_notify else None)
     store = open_store(config)

@@ -18,7 +18,14 @@ from typing import Any
 from execution_engine.apps.definition import load_definition
 from execution_engine.apps.outputs import fetch_outputs
 from execution_engine.apps.registry import AppRegistry
-from execution_engine.cli import EXIT_FAIL, EXIT_OK, as_json, find_job, open_store
+from execution_engine.cli import (
+    EXIT_FAIL,
+    EXIT_OK,
+    as_json,
+    env_options,
+    find_job,
+    open_store,
+)
 from execution_engine.config import EngineConfig
 from execution_engine.errors import ConfigError, ExecdError
 from execution_engine.states import ENDED_STATES
@@ -101,12 +108,7 @@ def cmd_submit_app(config: EngineConfig, args: argparse.Namespace) -> int:
             doc["splitter"] = json.loads(args.split)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"submit: --split is not JSON: {exc}") from exc
-    env = {}
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"submit: --env {item!r} is not NAME=VALUE")
-        env[key] = value
+    env = env_options(args.env)
     optional = {"name": args.name, "owner": args.owner, "project": args.project,
                 "environment": env or None, "notify": False if args.no_notify else None}
     doc.update({k: v for k, v in optional.items() if v is not None})
