@@ -2,8 +2,8 @@
 
 The job directories are forged as the Building actor forges them (same script, same environment),
 and each script is started as the Local system starts it (``/bin/sh <script>`` with stdin from
-``/dev/null`` and output into the job's scheduler log), at most ``concurrency`` at a time: what
-the engine does for a job minus the engine.
+``/dev/null`` and the script's own messages appended to one shared log, opened once), at most
+``concurrency`` at a time: what the engine does for a job minus the engine.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from execution_engine.jobscript import forge_script, job_environment
-from execution_engine.systems.base import ENGINE_DIR, SCHEDULER_LOG_NAME, SCRIPT_NAME
+from execution_engine.systems.base import ENGINE_DIR, SCRIPT_NAME
 
 SHELL = "/bin/sh"
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -59,18 +59,21 @@ def run_pool(scripts: Sequence[Path], concurrency: int) -> PoolRun:
     pending = list(reversed(scripts))
     running: dict[int, Path] = {}
     failures = []
+    log_fd = os.open(scripts[0].parent.parent.parent / "jobs.log",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     times = os.times()
     began = time.perf_counter()
     while pending or running:
         while pending and len(running) < concurrency:
             script = pending.pop()
-            running[_spawn(script, env)] = script
+            running[_spawn(script, env, log_fd)] = script
         pid, status = os.wait()
         done = running.pop(pid, None)
         if done is not None and os.waitstatus_to_exitcode(status) != 0:
             failures.append(done)
     elapsed = time.perf_counter() - began
     after = os.times()
+    os.close(log_fd)
     if failures:
         raise RuntimeError(f"{len(failures)} pool jobs failed, e.g. {failures[0]}")
     return PoolRun(elapsed, after.user + after.system - times.user - times.system,
@@ -78,19 +81,13 @@ def run_pool(scripts: Sequence[Path], concurrency: int) -> PoolRun:
                    - times.children_system)
 
 
-def _spawn(script: Path, env: dict[str, str]) -> int:
-    job_dir = script.parent.parent
-    log_fd = os.open(job_dir / SCHEDULER_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                     | os.O_CLOEXEC, 0o644)
-    try:
-        return os.posix_spawn(
-            SHELL, [SHELL, str(script)], env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-            setsid=True,
-        )
-    finally:
-        os.close(log_fd)
+def _spawn(script: Path, env: dict[str, str], log_fd: int) -> int:
+    return os.posix_spawn(
+        SHELL, [SHELL, str(script)], env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+    )
