@@ -27,6 +27,7 @@ from execution_engine.errors import ExecdError
 from execution_engine.states import (
     ACTIVE_STATES,
     ENDED_STATES,
+    LEASED_STATES,
     TRANSITIONS,
     JobState,
     predecessors,
@@ -84,8 +85,7 @@ class Transition:
         unset = dict.fromkeys(self.unset, "")
         if self.new in ENDED_STATES:
             sets["ended_at"] = now
-            unset["lease"] = ""
-        if self.new not in (JobState.BUILDING, JobState.SUBMITTING):
+        if self.new not in LEASED_STATES:  # the step is over: its lease with it
             unset["lease"] = ""
         entry = {"state": self.new.value, "at": now, "by": self.by}
         if self.message:
