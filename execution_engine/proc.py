@@ -1,4 +1,4 @@
-"""Small process helpers shared by the daemon's processes."""
+"""Small process helpers shared by the daemon's processes (Linux ``/proc`` readers among them)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,41 @@ def close_on_exec_all() -> None:
             # The listing's own descriptor is closed by now: nothing to do for it.
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot, or None if there is none."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def is_running(pid: int, start: int | None = None) -> bool:
+    """True when process ``pid`` exists and is not a zombie (and, given ``start``, is the process
+    that started then, not a later one that got the same pid)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as ``/proc`` lists them now (empty when ``pid`` is gone)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = [pid]
+    for child in children:
+        found.extend(process_tree(int(child)))
+    return found

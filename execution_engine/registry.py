@@ -52,9 +52,9 @@ from execution_engine.hookspecs import (
     Rule,
     hookimpl,
 )
+from execution_engine.proc import process_start_time
 from execution_engine.routing.dispatcher import Dispatcher
 from execution_engine.systems.base import ExecutionSystem
-from execution_engine.systems.local import process_start_time
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,10 +160,10 @@ class CountedTorque(TorqueSystem):
 
 
 # ---------------------------------------------------------------------- clusters
-def cluster_environment() -> dict[str, str]:
+def cluster_environment(defaults: Mapping[str, str] | None = None) -> dict[str, str]:
     """SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH, EXECD_TORQUE_BIN: this process's environment,
-    else the provisioning's env file, else the provisioning's defaults."""
-    found = dict(DEFAULTS)
+    else the provisioning's env file (its ``export NAME=value`` lines), else ``defaults``."""
+    found = dict(defaults or {})
     with contextlib.suppress(OSError):
         for line in ENV_FILE.read_text().splitlines():
             key, sep, value = line.removeprefix("export ").partition("=")
@@ -652,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.systems = [s for s in args.systems.split(",") if s]
     args.sizes = [s for s in args.sizes.split(",") if s]
     phases = set(args.phases.split(","))
-    env = cluster_environment()
+    env = cluster_environment(DEFAULTS)
     root = Path(tempfile.mkdtemp(prefix="execd-bench-clusters-"))
     db = BenchDatabase(root / "mongod")
     db.start()

@@ -21,6 +21,7 @@ from typing import Any
 import pymongo
 
 from execution_engine.mongod import EmbeddedMongo, free_port
+from execution_engine.proc import process_tree
 
 READY_TIMEOUT = 120.0
 
@@ -72,18 +73,6 @@ def cpu_seconds(pid: int) -> tuple[float, float] | None:
     fields = stat[stat.rindex(")") + 2:].split()
     tick = os.sysconf("SC_CLK_TCK")
     return ((int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    found = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    for child in children:
-        found.extend(process_tree(int(child)))
-    return found
 
 
 def process_title(pid: int) -> str:

@@ -44,10 +44,10 @@ from execution_engine.systems.base import (
     Resources,
     StatusReport,
 )
+from sim.bench_clusters import cluster_environment  # one reader of the provisioning's env
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISION = ROOT / "scripts" / "provision-clusters.sh"
-ENV_FILE = Path("/etc/profile.d/execd-clusters.sh")
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 __all__ = [
@@ -67,22 +67,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- clusters
-def cluster_environment() -> dict[str, str]:
-    """SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH, EXECD_TORQUE_BIN: from this process's
-    environment, else from the ``export NAME=value`` lines of the provisioning's env file."""
-    names = ("SGE_ROOT", "SGE_CELL", "DRMAA_LIBRARY_PATH", "EXECD_TORQUE_BIN")
-    found: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in ENV_FILE.read_text().splitlines():
-            key, sep, value = line.removeprefix("export ").partition("=")
-            if line.startswith("export ") and sep and key in names and "$" not in value:
-                found[key] = value.strip().strip("'\"")
-    for name in names:
-        if os.environ.get(name):
-            found[name] = os.environ[name]
-    return found
-
-
 def cluster_unavailable(reason: str) -> None:
     """Skip the test, or fail it when ``CI=true`` (CI must run every cluster test)."""
     if os.environ.get("CI", "").lower() == "true":

@@ -29,6 +29,8 @@ from aiosmtpd.controller import Controller
 from pymongo import MongoClient
 
 from execution_engine.mongod import EmbeddedMongo, free_port
+from execution_engine.proc import is_running as _alive
+from execution_engine.proc import process_tree as all_processes
 from execution_engine.store import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,22 +111,7 @@ def execd_command(*args: str) -> list[str]:
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its live descendants (zombies are dead and not counted)."""
-    found = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    for child in children:
-        found.extend(process_tree(int(child)))
-    return [p for p in found if _alive(p)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return [p for p in all_processes(pid) if _alive(p)]
 
 
 @dataclass

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from execution_engine.errors import NoCapacity, SubmissionRejected
 from execution_engine.jobscript import SLOT_FD
+from execution_engine.proc import is_running, process_start_time
 from execution_engine.states import JobState
 from execution_engine.systems.base import (
     PID_NAME,
@@ -49,33 +50,9 @@ log = logging.getLogger(__name__)
 SHELL = "/bin/sh"
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19])
-
-
 def parse_native_id(native_id: str) -> tuple[int, int]:
     pid, _, start = native_id.partition(":")
     return int(pid), int(start or 0)
-
-
-def is_alive(pid: int, start: int) -> bool:
-    """True when process ``pid`` exists, is the one started at ``start`` and is not a zombie."""
-    if process_start_time(pid) != start:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in (b"Z", b"X")
 
 
 class SlotPool:
@@ -296,9 +273,9 @@ class LocalSystem(ExecutionSystem):
             pid, start = parse_native_id(job.native_id)
             if read_exit_code(job) is not None:
                 reports[job.job_id] = ended_report(job)
-            elif is_alive(pid, start):
+            elif is_running(pid, start):
                 alive_pids.add(pid)
-                if self._watched.watch(pid) and not is_alive(pid, start):
+                if self._watched.watch(pid) and not is_running(pid, start):
                     reports[job.job_id] = ended_report(job)  # exited while we watched it
                 else:
                     reports[job.job_id] = StatusReport(JobState.RUNNING)
@@ -319,7 +296,7 @@ class LocalSystem(ExecutionSystem):
         if job.native_id is None:
             return
         pid, start = parse_native_id(job.native_id)
-        if not is_alive(pid, start):
+        if not is_running(pid, start):
             return
         try:
             os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
