@@ -2,24 +2,30 @@
 
 The contract is ``schema/job.schema.json`` (documented in ``docs/job-contract.md``). Checking
 reports every problem at once, each naming the field, so that a client can fix its job in one go.
+
+Every job is checked, and nearly every job is valid: a document first goes through the schema
+compiled to Python (fastjsonschema), which only answers valid or not, about ten times faster
+than walking the schema; only a document it refuses is walked by jsonschema, which names every
+problem.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import bson
+import fastjsonschema
 from jsonschema import Draft202012Validator
 
 from execution_engine.systems.base import JobSpec, Resources
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 DEFAULT_PROJECT = "default"
 
 
@@ -31,9 +37,55 @@ def job_schema() -> dict[str, Any]:
     return schema
 
 
+def _python_patterns(node: Any) -> Any:
+    """``node`` with every ``pattern`` ending in ``$`` made to end in ``\\Z``.
+
+    The schema's patterns are ECMA-262, where ``$`` is the end of the string; in Python's ``re``,
+    which both validators use, ``$`` also matches before a final newline, which would let
+    ``"project": "p\\n"`` through to a directory name.
+    """
+    if isinstance(node, list):
+        return [_python_patterns(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _python_patterns(value) for key, value in node.items()}
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and pattern.endswith("$"):
+        out["pattern"] = pattern[:-1] + "\\Z"
+    return out
+
+
+@cache
+def _engine_schema() -> dict[str, Any]:
+    """The schema as the engine's Python validators apply it."""
+    schema: dict[str, Any] = _python_patterns(job_schema())
+    return schema
+
+
 @cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(job_schema())
+    return Draft202012Validator(_engine_schema())
+
+
+@cache
+def _fast_check() -> Callable[[Any], Any]:
+    """The schema compiled to Python; raises ``JsonSchemaException`` on an invalid document.
+
+    fastjsonschema knows drafts up to 7: the keywords the job schema uses mean the same there as
+    in 2020-12 (a test holds the two validators to the same verdicts).
+    """
+    schema = {**_engine_schema(), "$schema": "http://json-schema.org/draft-07/schema#"}
+    check: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return check
+
+
+def is_valid_client_part(client_part: Mapping[str, Any]) -> bool:
+    """Whether the client's fields (all but ``_id``) follow the schema (the fast check)."""
+    try:
+        _fast_check()(client_part)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def job_id_text(job_id: object) -> str:
@@ -58,7 +110,8 @@ def check_job(
             " (1-64 letters, digits, '.', '_' or '-', not starting with a dot)"
         )
     client_part = {k: v for k, v in doc.items() if k != "_id"}
-    for error in sorted(_validator().iter_errors(client_part), key=lambda e: list(e.path)):
+    errors = [] if is_valid_client_part(client_part) else _validator().iter_errors(client_part)
+    for error in sorted(errors, key=lambda e: list(e.path)):
         field = ".".join(str(p) for p in error.absolute_path)
         if error.validator == "required":
             missing = error.message.split("'")[1] if "'" in error.message else error.message

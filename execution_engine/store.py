@@ -128,6 +128,13 @@ def end_fields(notify: bool) -> dict[str, Any]:
     return {"notification": {"state": "due" if notify else "none", "attempts": 0}}
 
 
+def makes_notification_due(changes: Iterable[Transition | UpdateOne]) -> bool:
+    """True when one of ``changes`` ends a job whose notification is then due."""
+    return any(isinstance(change, Transition)
+               and change.fields.get("notification", {}).get("state") == "due"
+               for change in changes)
+
+
 class JobStore:
     """The engine's view of its MongoDB database. One per process; not shared across forks."""
 

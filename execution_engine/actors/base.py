@@ -18,10 +18,12 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar
 
+from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 from setproctitle import setproctitle
 
@@ -29,7 +31,7 @@ from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
 from execution_engine.proc import close_on_exec_all, die_with_parent, parent_gone
-from execution_engine.store import JobStore
+from execution_engine.store import JobStore, Transition, makes_notification_due
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,12 @@ class Actor(ABC):
         """Tell other pools they have work (faster than waiting for the change stream)."""
         for pool in pools:
             self.ctx.bells[pool].ring()
+
+    def hand_on(self, changes: Sequence[Transition | UpdateOne], *pools: str) -> None:
+        """After writing ``changes``: ring ``pools``, and the notification pool when one of the
+        changes made a notification due (a needless ring costs the notification actor a claim
+        that finds nothing)."""
+        self.ring(*pools, *(["notification"] if makes_notification_due(changes) else []))
 
     # ------------------------------------------------------------------ for subclasses
     def setup(self) -> None:  # noqa: B027 - optional hook

@@ -49,7 +49,7 @@ class BuildingActor(Actor):
             return False
         changes = [self.build_one(doc) for doc in jobs]
         self.store.apply(changes)
-        self.ring("submit", "notification")
+        self.hand_on(changes, "submit")
         return True
 
     def build_one(self, doc: Mapping[str, Any]) -> Transition:

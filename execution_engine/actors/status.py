@@ -11,6 +11,9 @@ jobs from MongoDB and asks the system about all of them in ONE batched call.
   cannot be asked is retried with a growing delay. Jobs are never failed for an outage.
 * A job with ``cancel_requested`` gets ``kill`` (TERM), then ``kill(force=True)`` after the
   system's ``kill_grace`` seconds if it is still there.
+* Wake-ups are coalesced: a cycle woken by the bell or a job's exit comes at once after a quiet
+  spell, but at most every ``WAKE_GAP`` seconds under load, so that jobs ending together are
+  read and written as one batch rather than one round trip each.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_OUTPUTS = 1000
 """Files listed on an ended job at most (a job writing more is told so in its outputs list)."""
 DEFAULT_KILL_GRACE = 10.0
+WAKE_GAP = 0.02
+"""Least time between two cycles that wake-ups (not the status interval) bring on."""
 
 
 class StatusActor(Actor):
@@ -59,6 +64,7 @@ class StatusActor(Actor):
         self.lease_renew_at: dict[str, float] = {}
         self._woken = True
         self._ready: set[int] = set()
+        self._last_cycle = 0.0
         self._bell_r, self._bell_w = os.pipe()
         os.set_blocking(self._bell_w, False)
         threading.Thread(target=self._forward_bell, name="bell", daemon=True).start()
@@ -80,7 +86,7 @@ class StatusActor(Actor):
     # ------------------------------------------------------------------ loop
     def work_once(self) -> bool:
         """Cycle every system that is due, woken by the bell, or whose own wake-up fired."""
-        now = time.monotonic()
+        now = self._last_cycle = time.monotonic()
         for name, system in self.systems.items():
             due = now >= self.next_due[name]
             fd = system.wake_fileno()
@@ -99,6 +105,8 @@ class StatusActor(Actor):
         if self._bell_r in self._ready:
             os.read(self._bell_r, 4096)
             self._woken = True
+        if ready:  # let the jobs ending with this one be seen in the same cycle
+            time.sleep(max(0.0, self._last_cycle + WAKE_GAP - time.monotonic()))
 
     def _cycle_safely(self, system: ExecutionSystem, *, ask_system: bool) -> None:
         try:
@@ -122,7 +130,7 @@ class StatusActor(Actor):
                 changes.extend(self.follow(system, jobs))
         if changes:
             self.store.apply(changes)
-            self.ring("notification", "submit")
+            self.hand_on(changes, "submit")
 
     def hold_lease(self, system: ExecutionSystem, host: str | None) -> bool:
         """Take or renew this actor's lease on watching ``system``. Renewed only once half of it
@@ -239,17 +247,18 @@ class StatusActor(Actor):
 def list_outputs(job_dir: Path) -> list[dict[str, Any]]:
     """The files of a job directory (not the engine's own), with their sizes."""
     outputs: list[dict[str, Any]] = []
+    top = str(job_dir)
     try:
-        for root, dirs, files in os.walk(job_dir):
-            if Path(root) == job_dir and ENGINE_DIR in dirs:
+        for root, dirs, files in os.walk(top):  # str paths: every ended job comes through here
+            if root == top and ENGINE_DIR in dirs:
                 dirs.remove(ENGINE_DIR)
             for name in sorted(files):
-                path = Path(root) / name
+                path = f"{root}/{name}"
                 try:
-                    size = path.lstat().st_size
+                    size = os.lstat(path).st_size
                 except OSError:
                     continue
-                outputs.append({"path": str(path.relative_to(job_dir)), "size": size})
+                outputs.append({"path": path[len(top) + 1:], "size": size})
                 if len(outputs) >= MAX_OUTPUTS:
                     outputs.append({"path": "...", "size": None, "truncated": True})
                     return outputs

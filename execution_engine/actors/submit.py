@@ -101,8 +101,8 @@ class SubmitActor(Actor):
     def _flush(self, pending: list[Transition | UpdateOne]) -> None:
         if pending:
             self.store.apply(pending)
+            self.hand_on(pending, "status")
             pending.clear()
-            self.ring("status", "notification")
 
     def _is_blocked(self, system: str | None) -> bool:
         return system is not None and self.blocked_until.get(system, 0.0) > time.monotonic()

@@ -40,9 +40,9 @@ PHASES = ("prolog", "execute", "epilog")
 DEFINITION_FILE = "app.ini"
 ENV_DIR = "env"
 DEFAULT_ENV = "default"
-APP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
-INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+APP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
+INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 MAX_TEXT_BYTES = 256 * 1024
 """Bytes a template or snippet may have at most (definitions are stored in MongoDB)."""
 

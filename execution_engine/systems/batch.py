@@ -75,7 +75,7 @@ TRANSIENT_MARKERS: tuple[str, ...] = (
 
 #: A queue, partition or parallel environment name: one word that cannot pass for an option (nor
 #: break a wrapper that hands it to a shell).
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.@*+,][A-Za-z0-9_.@*+,-]*$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.@*+,][A-Za-z0-9_.@*+,-]*\Z")
 
 #: Prefix of the native id :meth:`ExecutionSystem.find` gives a job that ran but that the
 #: scheduler has already forgotten (it ended before its submission was recorded).
