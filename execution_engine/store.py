@@ -159,6 +159,12 @@ class JobStore:
         # once) and claims read back by _id: no index on lease fields, which change at every
         # claim and release and would cost an index write each time.
         self.jobs.create_index([("state", ASCENDING), ("_id", ASCENDING)], name="claim")
+        # The Submit actor claims waiting jobs of the systems that have room: one index range
+        # per system, merged in _id order, so that a saturated system's backlog is never read.
+        self.jobs.create_index(
+            [("system", ASCENDING), ("_id", ASCENDING)], name="waiting_by_system",
+            partialFilterExpression={"state": JobState.TO_BE_SUBMITTED.value},
+        )
         self.jobs.create_index(
             [("system", ASCENDING), ("host", ASCENDING), ("state", ASCENDING)],
             name="active_by_system",

@@ -11,9 +11,6 @@ jobs from MongoDB and asks the system about all of them in ONE batched call.
   cannot be asked is retried with a growing delay. Jobs are never failed for an outage.
 * A job with ``cancel_requested`` gets ``kill`` (TERM), then ``kill(force=True)`` after the
   system's ``kill_grace`` seconds if it is still there.
-* Wake-ups are coalesced: a cycle woken by the bell or a job's exit comes at once after a quiet
-  spell, but at most every ``WAKE_GAP`` seconds under load, so that jobs ending together are
-  read and written as one batch rather than one round trip each.
 """
 
 from __future__ import annotations
@@ -47,8 +44,6 @@ log = logging.getLogger(__name__)
 MAX_OUTPUTS = 1000
 """Files listed on an ended job at most (a job writing more is told so in its outputs list)."""
 DEFAULT_KILL_GRACE = 10.0
-WAKE_GAP = 0.02
-"""Least time between two cycles that wake-ups (not the status interval) bring on."""
 
 
 class StatusActor(Actor):
@@ -64,7 +59,6 @@ class StatusActor(Actor):
         self.lease_renew_at: dict[str, float] = {}
         self._woken = True
         self._ready: set[int] = set()
-        self._last_cycle = 0.0
         self._bell_r, self._bell_w = os.pipe()
         os.set_blocking(self._bell_w, False)
         threading.Thread(target=self._forward_bell, name="bell", daemon=True).start()
@@ -86,7 +80,7 @@ class StatusActor(Actor):
     # ------------------------------------------------------------------ loop
     def work_once(self) -> bool:
         """Cycle every system that is due, woken by the bell, or whose own wake-up fired."""
-        now = self._last_cycle = time.monotonic()
+        now = time.monotonic()
         for name, system in self.systems.items():
             due = now >= self.next_due[name]
             fd = system.wake_fileno()
@@ -105,8 +99,6 @@ class StatusActor(Actor):
         if self._bell_r in self._ready:
             os.read(self._bell_r, 4096)
             self._woken = True
-        if ready:  # let the jobs ending with this one be seen in the same cycle
-            time.sleep(max(0.0, self._last_cycle + WAKE_GAP - time.monotonic()))
 
     def _cycle_safely(self, system: ExecutionSystem, *, ask_system: bool) -> None:
         try:

@@ -12,7 +12,9 @@ the route's execution system to run it, and store the native id straight away. N
 
 A system with no free slot (``NoCapacity``) gets its jobs back in ``to be submitted`` with the
 chosen system recorded, and is not offered more until a slot frees or the poll interval passes;
-a system that cannot be reached (``SystemUnavailable``) likewise, with a growing delay.
+then it is offered one job, and a batch again once it takes one. A system that cannot be
+reached (``SystemUnavailable``) likewise, with a growing delay. Claims read the jobs of the
+systems with room only (an index range per system), so a full system's backlog costs nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ class SubmitActor(Actor):
         self.dispatcher = Dispatcher.from_config(self.config, registry.rules)
         self.host = host_name()
         self.blocked_until: dict[str, float] = {}
+        self.one_at_a_time: set[str] = set()
+        """Systems offered one job per claim: their last answer was NoCapacity or
+        SystemUnavailable, so a batch would only be put back."""
         self.unavailable_backoff: dict[str, float] = {}
 
     def teardown(self) -> None:
@@ -72,18 +77,17 @@ class SubmitActor(Actor):
     # ------------------------------------------------------------------ work
     def work_once(self) -> bool:
         now = time.monotonic()
-        blocked = [name for name, until in self.blocked_until.items() if until > now]
-        jobs = self.store.claim(
-            JobState.TO_BE_SUBMITTED, JobState.SUBMITTING, owner=self.owner,
-            limit=self.config.actors.batch_size, lease_seconds=self.config.monitor.lease_seconds,
-            extra_filter={
-                "system": {"$nin": blocked},
-                "$or": [{"submission.retry_at": {"$exists": False}},
-                        {"submission.retry_at": {"$lte": utcnow()}}],
-            },
-            extra_update={"$inc": {"submission.attempts": 1}},
-            record=False,  # a job waiting for a slot is claimed again and again
-        )
+        open_systems = [name for name in self.systems if self.blocked_until.get(name, 0.0) <= now]
+        # Jobs not routed yet, or routed to a system with room; a system that was full last time
+        # is offered one job, not a batch that would only be put back; then, only when there
+        # are none of these, jobs routed to a system this configuration no longer has (they are
+        # routed again).
+        jobs = self._claim_waiting(
+            {"$in": [*(n for n in open_systems if n not in self.one_at_a_time), None]})
+        for name in self.one_at_a_time.intersection(open_systems):
+            jobs += self._claim_waiting({"$eq": name}, limit=1)
+        if not jobs:
+            jobs = self._claim_waiting({"$nin": [*self.systems, None]})
         if not jobs:
             return False
         pending: list[Transition | UpdateOne] = []
@@ -97,6 +101,22 @@ class SubmitActor(Actor):
                     self._flush(pending)
             self._flush(pending)
         return True
+
+    def _claim_waiting(self, system: Mapping[str, Any], limit: int | None = None
+                       ) -> list[dict[str, Any]]:
+        """Claim waiting jobs whose ``system`` field matches ``system`` (a query operator)."""
+        return self.store.claim(
+            JobState.TO_BE_SUBMITTED, JobState.SUBMITTING, owner=self.owner,
+            limit=limit or self.config.actors.batch_size,
+            lease_seconds=self.config.monitor.lease_seconds,
+            extra_filter={
+                "system": system,
+                "$or": [{"submission.retry_at": {"$exists": False}},
+                        {"submission.retry_at": {"$lte": utcnow()}}],
+            },
+            extra_update={"$inc": {"submission.attempts": 1}},
+            record=False,  # a job waiting for a slot is claimed again and again
+        )
 
     def _flush(self, pending: list[Transition | UpdateOne]) -> None:
         if pending:
@@ -141,6 +161,7 @@ class SubmitActor(Actor):
                 native_id, state = submission.native_id, submission.state
         except NoCapacity:
             self.blocked_until[system_name] = time.monotonic() + self.config.monitor.poll_interval
+            self.one_at_a_time.add(system_name)
             return self._put_back(doc, system_name, route_name)
         except SubmissionRejected as exc:
             log.info("rejected by %s: %s", system_name, exc.reason, extra=job_extra(job_id))
@@ -149,6 +170,7 @@ class SubmitActor(Actor):
             delay = min(max(self.unavailable_backoff.get(system_name, 0.0) * 2, 1.0), 300.0)
             self.unavailable_backoff[system_name] = delay
             self.blocked_until[system_name] = time.monotonic() + delay
+            self.one_at_a_time.add(system_name)
             log.warning("%s unavailable, retrying in %.0fs: %s", system_name, delay, exc.reason,
                         extra=job_extra(job_id))
             # The job may have reached the system all the same: look it up before a new run.
@@ -158,6 +180,7 @@ class SubmitActor(Actor):
                           extra=job_extra(job_id))
             return fail(f"execution system {system_name} failed to submit: {exc!r}")
         self.unavailable_backoff.pop(system_name, None)
+        self.one_at_a_time.discard(system_name)
         now = utcnow()
         fields: dict[str, Any] = {"native_id": native_id, "system": system_name,
                                   "route": route_name, "submitted_at": now}
