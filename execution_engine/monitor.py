@@ -3,7 +3,8 @@
 * Learns of new and changed jobs from a MongoDB change stream when the server is a replica set
   (falls back to polling otherwise, and while the stream is down) and rings the bell of the pool
   that has work: inserts and ``to be built`` -> building; ``to be submitted`` -> submit; active
-  states and cancellations -> status; ended states -> notification.
+  states and cancellations -> status; ended states -> notification. During a burst it polls a
+  few index keys instead of reading the stream (``execution_engine.watch`` says why and when).
 * Runs the actor pools (sizes from ``[actors]``) as long-lived processes and restarts one that
   dies, giving its leased jobs back at once.
 * Recovers jobs whose lease expired, ends jobs cancelled before submission, and ends in ``error``
@@ -44,6 +45,7 @@ from execution_engine.registry import load_registry, system_options
 from execution_engine.states import ACTIVE_STATES, ENDED_STATES, JobState, parse_state
 from execution_engine.store import JobStore
 from execution_engine.systems.base import ExecutionSystem, host_name
+from execution_engine.watch import BURST_POLL, BurstWatch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,11 @@ _STREAM_PIPELINE: list[dict[str, Any]] = [
         "updateDescription.updatedFields.cancel_requested": 1,
     }},
 ]
+
+
+PIPELINE_STATES: frozenset[JobState | None] = frozenset({
+    JobState.TO_BE_BUILT, JobState.BUILDING, JobState.TO_BE_SUBMITTED, JobState.SUBMITTING})
+"""States of jobs on their way to an execution system: while some are, a burst goes on."""
 
 
 def pool_for_state(state: JobState | None) -> str | None:
@@ -134,6 +141,7 @@ class Monitor:
         self.stopping = False
         self.store: JobStore
         self.split_masters = SplitFollower(f"{instance}/monitor")
+        self.burst = BurstWatch()
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
@@ -244,21 +252,16 @@ class Monitor:
         last_sweep = time.monotonic()
         polling = False
         while not self.stopping:
-            if stream is None and not polling:
-                stream, polling = self._open_stream(resume_token)
-            if stream is not None:
-                try:
-                    change = stream.try_next()
-                    while change is not None and not self.stopping:
-                        self.on_change(change)
-                        change = stream.try_next() if stream.alive else None
-                    resume_token = stream.resume_token
-                except PyMongoError as exc:
-                    log.warning("change stream interrupted, polling until it reopens: %s", exc)
-                    stream = None
-                    time.sleep(self.config.monitor.poll_interval)
+            if self.burst.bursting:
+                self._poll_burst()
+                self._poll_control(BURST_POLL)
             else:
-                self._poll_control(self.config.monitor.poll_interval)
+                if stream is None and not polling:
+                    stream, polling = self._open_stream(resume_token)
+                if stream is not None:
+                    stream, resume_token = self._read_stream(stream, resume_token)
+                else:
+                    self._poll_control(self.config.monitor.poll_interval)
             self._poll_control(0)
             now = time.monotonic()
             if now >= next_recovery:
@@ -317,6 +320,52 @@ class Monitor:
             self.bells["status"].ring()
             self._guard(lambda: self.store.cancel_unsubmitted(by="monitor"))
         self._guard(lambda: self.split_masters.tick(self.store))  # at most every min_gap
+
+    def _read_stream(self, stream: Any, resume_token: Mapping[str, Any] | None
+                     ) -> tuple[Any, Mapping[str, Any] | None]:
+        """Handle what the stream has (waiting up to its await time); the stream and resume
+        token to go on with: none when the stream broke (reopened where it stopped) or a burst
+        began (reopened afresh after it)."""
+        try:
+            change = stream.try_next()
+            while change is not None and not self.stopping:
+                self.on_change(change)
+                if self.burst.on_event():
+                    log.debug("burst: polling instead of reading the change stream")
+                    stream.close()
+                    return None, None
+                change = stream.try_next() if stream.alive else None
+            return stream, stream.resume_token
+        except PyMongoError as exc:
+            log.warning("change stream interrupted, polling until it reopens: %s", exc)
+            time.sleep(self.config.monitor.poll_interval)
+            return None, resume_token
+
+    def _poll_burst(self) -> None:
+        """One poll during a burst: ring the pools that have work, act on cancellations and
+        unknown states, and tell the burst watch whether the pipeline still holds jobs."""
+        try:
+            backlog = self.store.backlog()
+        except PyMongoError as exc:
+            log.warning("MongoDB error, will retry: %s", exc)
+            return
+        states = {parse_state(value) for value in backlog.states}
+        cancelled = {parse_state(value) for value in backlog.cancelled_states}
+        if JobState.TO_BE_BUILT in states:
+            self.bells["building"].ring()
+        if JobState.TO_BE_SUBMITTED in states:
+            self.bells["submit"].ring()
+        if backlog.notification_due:
+            self.bells["notification"].ring()
+        if cancelled & set(ACTIVE_STATES):
+            self.bells["status"].ring()
+        if cancelled & {JobState.TO_BE_BUILT, JobState.TO_BE_SUBMITTED}:
+            self._guard(lambda: self.store.cancel_unsubmitted(by="monitor"))
+        if None in states:
+            self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
+        self.split_masters.note()  # subjobs may have moved
+        if self.burst.on_poll(bool(states & PIPELINE_STATES)):
+            log.debug("burst over: reading the change stream again")
 
     def periodic(self) -> None:
         def work() -> None:

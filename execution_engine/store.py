@@ -135,6 +135,18 @@ def makes_notification_due(changes: Iterable[Transition | UpdateOne]) -> bool:
                for change in changes)
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What the jobs collection holds for the pools, as a poll of the Monitor reads it."""
+
+    states: list[Any]
+    """Every ``state`` value present (unknown ones and None included)."""
+    cancelled_states: list[Any]
+    """The states of jobs whose cancellation nobody has acted on yet."""
+    notification_due: bool
+    """Some notification is due now."""
+
+
 class JobStore:
     """The engine's view of its MongoDB database. One per process; not shared across forks."""
 
@@ -401,6 +413,24 @@ class JobStore:
                 "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
             }))
         return self.apply(ops)
+
+    def backlog(self) -> Backlog:
+        """What the pools have to do, from indexes only: the Monitor asks many times a second
+        during a burst (``execution_engine.watch``) instead of reading the change stream."""
+        now = utcnow()
+        return Backlog(
+            states=self.jobs.distinct("state"),  # a distinct scan of the claim index
+            cancelled_states=self.jobs.distinct("state", {
+                "cancel_requested": True,
+                "state": {"$nin": [s.value for s in ENDED_STATES]},
+                "kill.term_at": {"$exists": False},
+            }),
+            notification_due=self.jobs.find_one(
+                {"notification.state": "due",
+                 "$or": [{"notification.next_attempt": {"$exists": False}},
+                         {"notification.next_attempt": {"$lte": now}}]},
+                {"_id": 1}) is not None,
+        )
 
     # ------------------------------------------------------------------ status side
     def active_jobs(self, system: str, host: str | None) -> list[dict[str, Any]]:
