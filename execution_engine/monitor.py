@@ -347,7 +347,8 @@ class Monitor:
         try:
             backlog = self.store.backlog()
         except PyMongoError as exc:
-            log.warning("MongoDB error, will retry: %s", exc)
+            log.warning("MongoDB error during a burst, back to the change stream: %s", exc)
+            self.burst.end()
             return
         states = {parse_state(value) for value in backlog.states}
         cancelled = {parse_state(value) for value in backlog.cancelled_states}

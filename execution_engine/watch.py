@@ -57,6 +57,11 @@ class BurstWatch:
         self._events = 0
         return True
 
+    def end(self) -> None:
+        """End the burst now (the database does not answer: the stream's retries take over)."""
+        self._burst_since = None
+        self._window_start, self._events = self._clock(), 0
+
     def on_poll(self, pipeline_busy: bool) -> bool:
         """Record what a poll found; True when the burst is over (the stream should reopen)."""
         assert self._burst_since is not None, "polls belong to a burst"
@@ -64,7 +69,6 @@ class BurstWatch:
         if pipeline_busy:
             self._busy_at = now
         if now - self._busy_at >= QUIET or now - self._burst_since >= MAX_BURST:
-            self._burst_since = None
-            self._window_start, self._events = now, 0
+            self.end()
             return True
         return False

@@ -52,6 +52,12 @@ def test_a_burst_ends_when_the_pipeline_stays_empty_or_after_the_longest_burst()
     assert watch.on_poll(pipeline_busy=True)
     assert not watch.bursting
 
+    for _ in range(BURST_EVENTS):
+        watch.on_event()
+    watch.end()  # the database stopped answering the polls
+    assert not watch.bursting
+    assert not watch.on_event()  # counting starts afresh
+
 
 def test_during_a_burst_jobs_cancellations_and_bad_documents_are_all_handled(
         engine_factory: Callable[..., Engine]) -> None:
