@@ -226,6 +226,10 @@ def cmd_jobs(config: EngineConfig, args: argparse.Namespace) -> int:
             query["state"] = args.state
         if args.owner:
             query["owner"] = args.owner
+        if args.no_subjobs:
+            query["parent"] = {"$exists": False}
+        if args.parent:
+            query["parent"] = find_job(store, args.parent)["_id"]
         cursor = store.jobs.find(query, {"history": 0, "outputs": 0}).sort("_id", -1)
         docs = list(cursor.limit(args.limit))
     finally:
@@ -433,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="list jobs, newest first")
     p.add_argument("--state", choices=[s.value for s in JobState], metavar="STATE")
     p.add_argument("--owner")
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("--no-subjobs", action="store_true",
+                        help="leave out the subjobs of split jobs (their masters are listed)")
+    family.add_argument("--parent", metavar="JOB", help="list the subjobs of split job JOB")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)

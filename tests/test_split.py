@@ -4,6 +4,7 @@ them."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def test_fifty_subjobs_over_a_range_run_and_the_master_finishes_with_all_outputs
     assert (dest / "subjobs" / "49" / "square.txt").read_text() == "2401\n"
     shown = engine.cli("show", str(master)).stdout
     assert "all 50 subjobs finished" in shown and "split into 50 subjobs" in shown
+    # Listing: masters without their subjobs, or one master's subjobs.
+    listed = json.loads(engine.cli("jobs", "--no-subjobs", "--json").stdout)
+    assert [job["_id"] for job in listed] == [{"$oid": str(master)}]  # extended JSON
+    listed = json.loads(engine.cli("jobs", "--parent", str(master), "--limit", "100",
+                                   "--json").stdout)
+    assert sorted(job["index"] for job in listed) == list(range(50))
+    missing = engine.cli("jobs", "--parent", "nosuchjob", check=False)
+    assert missing.returncode != 0 and "no job nosuchjob" in missing.stderr
 
 
 def test_a_split_job_whose_subjobs_fail_ends_in_error_naming_them(engine: Engine) -> None:
