@@ -156,6 +156,9 @@ class BenchEngine:
     process: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
     pids: dict[int, str] = field(default_factory=dict)
+    code_dir: Path | None = None
+    """Run the ``execution_engine`` package found there (a checkout of another revision)
+    instead of the installed one."""
 
     @property
     def state_dir(self) -> Path:
@@ -177,10 +180,13 @@ class BenchEngine:
         status = self.state_dir / "run" / "status.json"
         began = time.monotonic()
         with open(self.root / "run.err", "ab") as errors:
+            env = dict(os.environ)
+            if self.code_dir is not None:
+                env["PYTHONPATH"] = str(self.code_dir)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "execution_engine", "-c", str(self.config_path), "run"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                start_new_session=True,
+                start_new_session=True, env=env, cwd=self.root,
             )
         while not status.exists():
             if self.process.poll() is not None:

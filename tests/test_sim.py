@@ -285,3 +285,23 @@ def test_plot_without_matplotlib_is_a_clear_usage_error(monkeypatch, capsys) -> 
     code = execd_sim.main(["--uri", "mongodb://127.0.0.1:9/", "--plot", "x.png", "-q"])
     assert code == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_bench_ab_measures_a_revision_against_the_working_tree(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sim import bench_ab
+
+    def worktrees() -> int:
+        listing = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], check=True,
+                                 capture_output=True, text=True).stdout
+        return len(listing.splitlines())
+
+    before = worktrees()
+    assert bench_ab.main(["--rounds", "2", "--jobs", "20"]) == 0
+    out = capsys.readouterr().out
+    for line in ("round 1 A:", "round 1 B:", "round 2 B:", "round 2 A:", "B / A: median",
+                 "A / pool per round:", "B / pool per round:"):
+        assert line in out, out
+    assert worktrees() == before  # revision A's checkout is gone
+    with pytest.raises(SystemExit, match="cannot check out 'no-such-rev'"):
+        bench_ab.main(["--base", "no-such-rev", "--rounds", "1", "--jobs", "5"])
