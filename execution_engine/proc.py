@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -15,12 +16,19 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """Ask the kernel to send ``signum`` to this process when its parent dies (Linux), so that
     a SIGKILLed Monitor or master leaves no orphaned actors behind. Elsewhere a no-op; the loops
-    also check :func:`parent_gone`."""
+    also check :func:`parent_gone`.
+
+    A parent that died before this call (while the new process was starting) would never be
+    signalled for: a multiprocessing child then sends itself ``signum`` at once.
+    """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), signum)
 
 
 def parent_gone(original_parent: int) -> bool:
