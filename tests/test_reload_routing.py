@@ -339,3 +339,47 @@ def test_raising_and_hanging_rules_end_their_job_in_error_and_others_go_on(
     last = engine.submit("true", name="last", notify=False)
     (last_doc,) = engine.wait_ended([last])
     assert last_doc["state"] == "finished"
+
+
+def test_hanging_rules_while_application_jobs_are_built_restart_the_building_actor(
+        engine_factory: Callable[..., Engine], tmp_path: Path) -> None:
+    # Application jobs are routed while they are built: the Building actor runs the rules.
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.py").write_text(textwrap.dedent(BAD_RULES))
+    engine = engine_factory(f"""\
+        [plugins]
+        routing_rules = {rules}
+        rule_timeout = 1
+        [systems]
+            [[local]]
+            class = local
+            slots = 4
+        [routes]
+            [[hang]]
+            system = local
+            rules = field_equals, stuck
+                [[[field_equals]]]
+                field = name
+                value = hang
+            [[default]]
+            system = local
+        """)
+    engine.cli("app", "add", str(ROOT / "tests" / "apps" / "square"))
+
+    def square(name: str) -> Any:
+        return engine.insert({"state": "to be built", "app": {"name": "square"}, "name": name,
+                              "inputs": [{"name": "n", "value": 3}], "notify": False})
+
+    (first_actor,) = engine.actor_pids("building-actor")["building-actor"]
+    hung = [square("hang") for _ in range(3)]
+    docs = engine.wait_ended(hung, timeout=90)
+    for doc in docs:
+        assert doc["state"] == "error"
+        assert "rule stuck of route hang did not answer within 1s" in doc["status_message"]
+    engine.wait_for(lambda: (pids := engine.actor_pids("building-actor").get("building-actor"))
+                    and first_actor not in pids, what="a new building actor")
+    assert "routing rule threads are hung; restarting this actor" in \
+        engine.log_file.read_text()
+    (last,) = engine.wait_ended([square("last")])
+    assert last["state"] == "finished", last.get("status_message")

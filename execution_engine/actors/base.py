@@ -31,6 +31,7 @@ from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.logs import log_to_queue
 from execution_engine.proc import close_on_exec_all, die_with_parent, parent_gone
+from execution_engine.routing.guard import RESTART_AFTER_ABANDONED
 from execution_engine.store import JobStore, Transition, makes_notification_due
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,15 @@ class Actor(ABC):
         changes made a notification due (a needless ring costs the notification actor a claim
         that finds nothing)."""
         self.ring(*pools, *(["notification"] if makes_notification_due(changes) else []))
+
+    def restart_if_rules_hang(self, abandoned: int) -> None:
+        """Stop warmly (the Monitor starts a fresh actor) once ``abandoned`` routing-rule threads
+        hang: each may hold memory, sockets or locks that only the end of the process frees
+        (``execution_engine.routing.guard``)."""
+        if abandoned >= RESTART_AFTER_ABANDONED and not self.stopping:
+            log.warning("%d routing rule threads are hung; restarting this actor to free them",
+                        abandoned)
+            self.stopping = True
 
     # ------------------------------------------------------------------ for subclasses
     def setup(self) -> None:  # noqa: B027 - optional hook

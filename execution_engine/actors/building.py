@@ -50,6 +50,8 @@ class BuildingActor(Actor):
         changes = [self.build_one(doc) for doc in jobs]
         self.store.apply(changes)
         self.hand_on(changes, "submit")
+        if self._app_builder is not None:  # application jobs are routed while built
+            self.restart_if_rules_hang(self._app_builder.abandoned_rule_threads)
         return True
 
     def build_one(self, doc: Mapping[str, Any]) -> Transition:

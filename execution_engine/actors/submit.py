@@ -38,7 +38,7 @@ from execution_engine.jobdoc import spec_of
 from execution_engine.logs import job_extra
 from execution_engine.registry import create_systems, load_registry
 from execution_engine.routing.dispatcher import Dispatcher
-from execution_engine.routing.guard import RESTART_AFTER_ABANDONED, RuleGuard, RuleTimeout
+from execution_engine.routing.guard import RuleGuard, RuleTimeout
 from execution_engine.states import JobState
 from execution_engine.store import HISTORY_LIMIT, Transition, end_fields, transition, utcnow
 from execution_engine.systems.base import ExecutionSystem, host_name
@@ -208,10 +208,7 @@ class SubmitActor(Actor):
             decision = self.rule_guard.decide(self.dispatcher, doc)
         except RuleTimeout as exc:
             log.error("%s", exc, extra=job_extra(doc["_id"]))
-            if self.rule_guard.abandoned >= RESTART_AFTER_ABANDONED and not self.stopping:
-                log.warning("%d routing rule threads are hung; restarting this actor to free "
-                            "them", self.rule_guard.abandoned)
-                self.stopping = True
+            self.restart_if_rules_hang(self.rule_guard.abandoned)
             raise RoutingError(doc["_id"], str(exc)) from exc
         failure = decision.failure
         if failure is not None:

@@ -169,6 +169,11 @@ class AppBuilder:
             job_path=self.config.engine.job_path, extra=doc.get("environment"),
         )
 
+    @property
+    def abandoned_rule_threads(self) -> int:
+        """Routing-rule threads abandoned because their rule hung (see RuleGuard)."""
+        return self._guard.abandoned if self._guard is not None else 0
+
     def route(self, doc: Mapping[str, Any], job_dir: Path) -> tuple[str, str]:
         """The (route, system) of the job, decided as the Submit actor would."""
         from execution_engine.registry import load_registry

@@ -10,7 +10,8 @@ a fresh one for the next job.
 
 An abandoned worker thread is leaked until its rule returns (it then exits without touching
 anything) or until the process ends: it is a daemon thread, so it never delays the actor's exit.
-Because each one may hold memory, sockets or locks, the Submit actor restarts itself (a warm
+Because each one may hold memory, sockets or locks, the actor that routes (the Submit actor, or
+the Building actor for application jobs, which are routed while built) restarts itself (a warm
 stop; the Monitor starts a new one) once :data:`RESTART_AFTER_ABANDONED` workers have been
 abandoned.
 
