@@ -286,12 +286,12 @@ BAD_RULES = """\
     """
 
 
-def test_raising_and_hanging_rules_end_their_job_in_error_and_others_go_on(
-        engine_factory: Callable[..., Engine], tmp_path: Path) -> None:
+def engine_with_bad_rules(engine_factory: Callable[..., Engine], tmp_path: Path) -> Engine:
+    """A daemon whose routes ``explode`` and ``hang`` (for jobs named so) use BAD_RULES."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "bad.py").write_text(textwrap.dedent(BAD_RULES))
-    engine = engine_factory(f"""\
+    return engine_factory(f"""\
         [plugins]
         routing_rules = {rules}
         rule_timeout = 1
@@ -315,6 +315,11 @@ def test_raising_and_hanging_rules_end_their_job_in_error_and_others_go_on(
             [[default]]
             system = local
         """)
+
+
+def test_raising_and_hanging_rules_end_their_job_in_error_and_others_go_on(
+        engine_factory: Callable[..., Engine], tmp_path: Path) -> None:
+    engine = engine_with_bad_rules(engine_factory, tmp_path)
     boom = engine.submit("true", name="boom", notify=False)
     fine = engine.submit("true", name="fine", notify=False)
     boom_doc, fine_doc = engine.wait_ended([boom, fine])
@@ -344,27 +349,7 @@ def test_raising_and_hanging_rules_end_their_job_in_error_and_others_go_on(
 def test_hanging_rules_while_application_jobs_are_built_restart_the_building_actor(
         engine_factory: Callable[..., Engine], tmp_path: Path) -> None:
     # Application jobs are routed while they are built: the Building actor runs the rules.
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "bad.py").write_text(textwrap.dedent(BAD_RULES))
-    engine = engine_factory(f"""\
-        [plugins]
-        routing_rules = {rules}
-        rule_timeout = 1
-        [systems]
-            [[local]]
-            class = local
-            slots = 4
-        [routes]
-            [[hang]]
-            system = local
-            rules = field_equals, stuck
-                [[[field_equals]]]
-                field = name
-                value = hang
-            [[default]]
-            system = local
-        """)
+    engine = engine_with_bad_rules(engine_factory, tmp_path)
     engine.cli("app", "add", str(ROOT / "tests" / "apps" / "square"))
 
     def square(name: str) -> Any:
