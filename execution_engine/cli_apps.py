@@ -28,6 +28,7 @@ from execution_engine.cli import (
 )
 from execution_engine.config import EngineConfig
 from execution_engine.errors import ConfigError, ExecdError
+from execution_engine.jobdoc import new_job_document
 from execution_engine.states import ENDED_STATES
 from execution_engine.store import utcnow
 
@@ -99,19 +100,18 @@ def cmd_submit_app(config: EngineConfig, args: argparse.Namespace) -> int:
     command = [a for a in args.command if a != "--"]
     if command:
         raise ConfigError("submit: give either --app or a command, not both")
-    doc: dict[str, Any] = {"state": "to be built", "app": {"name": args.app}}
+    app: dict[str, Any] = {"name": args.app}
     if args.app_version is not None:
-        doc["app"]["version"] = args.app_version
+        app["version"] = args.app_version
+    doc = new_job_document(app=app, name=args.name, owner=args.owner, project=args.project,
+                           environment=env_options(args.env),
+                           notify=False if args.no_notify else None)
     doc["inputs"] = parse_inputs(args.input or [], args.link or [])
     if args.split:
         try:
             doc["splitter"] = json.loads(args.split)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"submit: --split is not JSON: {exc}") from exc
-    env = env_options(args.env)
-    optional = {"name": args.name, "owner": args.owner, "project": args.project,
-                "environment": env or None, "notify": False if args.no_notify else None}
-    doc.update({k: v for k, v in optional.items() if v is not None})
     store = open_store(config)
     try:
         AppRegistry(store.db).get(args.app, args.app_version)  # fail now, not at build time

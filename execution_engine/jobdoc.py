@@ -181,8 +181,9 @@ def spec_of(doc: Mapping[str, Any]) -> JobSpec:
 
 
 def new_job_document(
-    command: list[str],
+    command: list[str] | None = None,
     *,
+    app: Mapping[str, Any] | None = None,
     name: str | None = None,
     owner: str | None = None,
     project: str | None = None,
@@ -190,8 +191,13 @@ def new_job_document(
     requirements: Mapping[str, Any] | None = None,
     notify: bool | None = None,
 ) -> dict[str, Any]:
-    """A job document as a client writes it (what ``execd submit`` inserts)."""
-    doc: dict[str, Any] = {"state": "to be built", "command": list(command)}
+    """A job document as a client writes it (what ``execd submit`` inserts): a ``command``, or
+    an application (``app``: name and version) whose inputs the caller adds."""
+    doc: dict[str, Any] = {"state": "to be built"}
+    if command is not None:
+        doc["command"] = list(command)
+    if app is not None:
+        doc["app"] = dict(app)
     optional = {
         "name": name,
         "owner": owner,

@@ -144,6 +144,7 @@ def test_submit_from_the_command_line_with_inputs_and_a_linked_file(engine: Engi
     job = engine.store.get(out.stdout.strip())["_id"]
     (doc,) = engine.wait_ended([job])
     assert doc["state"] == "finished", doc.get("status_message")
+    assert doc["name"] == "from cli" and doc["app"]["name"] == "alltypes"
     staged = Path(doc["job_dir"], text.name)
     assert staged.is_symlink() and staged.resolve() == text.resolve()
     records = Path(doc["job_dir"], "values.bin").read_bytes().split(b"\0")
