@@ -18,7 +18,6 @@ test.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -34,7 +33,13 @@ from typing import Any
 from pymongo import MongoClient
 
 from execution_engine.store import connect
-from sim.bench_env import BenchDatabase, BenchEngine, EngineOptions, machine_info
+from sim.bench_env import (
+    BenchDatabase,
+    BenchEngine,
+    EngineOptions,
+    hold_local_slot,
+    machine_info,
+)
 from sim.bench_phases import ThroughputResult, engine_throughput, idle_latency, preload, warm_up
 from sim.bench_pool import PoolRun, forge_job_dir, forge_job_dirs, run_pool
 from sim.bench_print import (
@@ -52,7 +57,7 @@ from sim.report import summarize
 PHASES = ("throughput", "latency", "scale")
 BUSY_SYSTEM = """\
     [[busy]]
-    # A saturated system: its only slot is held by the benchmark for the whole run.
+    # A saturated system: its only slot is held from outside (bench_env.hold_local_slot).
     class = local
     slots = 1
     slot_wait = 0
@@ -186,10 +191,7 @@ def start_scale(root: Path, db: BenchDatabase, options: EngineOptions,
     subject = Subject("scale", engine, connect(db.uri, app_name="execd-bench"))
     waiting_dir = root / "scale" / "waiting-job"
     forge_job_dir(waiting_dir, ["sleep", "1"], project="busy")
-    slot_file = engine.state_dir / "systems" / "busy" / "slots" / "slot-0"
-    slot_file.parent.mkdir(parents=True, exist_ok=True)
-    subject.slot_fd = os.open(slot_file, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(subject.slot_fd, fcntl.LOCK_EX)
+    subject.slot_fd = hold_local_slot(engine.state_dir, "busy")
     took = preload(subject.jobs, ended=args.scale_ended, waiting=args.scale_waiting,
                    waiting_dir=waiting_dir)
     count = subject.jobs.estimated_document_count()

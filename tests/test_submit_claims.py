@@ -4,11 +4,13 @@ configuration no longer has are routed again."""
 
 from __future__ import annotations
 
-import fcntl
 import os
+import textwrap
 import time
 from collections.abc import Callable
 
+from sim.bench_env import hold_local_slot
+from sim.benchmark import BUSY_SYSTEM
 from tests.conftest import Engine, write_config
 
 LOCAL = """\
@@ -17,37 +19,14 @@ LOCAL = """\
 class = local
 slots = 2
 """
-BUSY = """\
-[[busy]]
-class = local
-slots = 1
-slot_wait = 0
-
-[routes]
-[[busy]]
-system = busy
-rules = project_in
-[[[project_in]]]
-projects = busy
-[[default]]
-system = local
-"""
+BUSY = textwrap.dedent(BUSY_SYSTEM)  # a one-slot Local system, and the route of project busy
 WAITING = 30
-
-
-def _hold_busy_slot(engine: Engine) -> int:
-    """Take the only slot of ``busy`` the way a running job would: a lock on its slot file."""
-    slot = engine.state_dir / "systems" / "busy" / "slots" / "slot-0"
-    slot.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(slot, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
 
 
 def test_a_full_systems_backlog_is_offered_one_job_at_a_time_and_runs_once_it_has_room(
         engine_factory: Callable[..., Engine]) -> None:
     engine = engine_factory(LOCAL + BUSY, start=False)
-    slot = _hold_busy_slot(engine)
+    slot = hold_local_slot(engine.state_dir, "busy")
     engine.start()
     waiting = [engine.submit("true", project="busy") for _ in range(WAITING)]
     engine.wait_for(lambda: engine.store.jobs.count_documents(
@@ -74,7 +53,7 @@ def test_a_full_systems_backlog_is_offered_one_job_at_a_time_and_runs_once_it_ha
 def test_jobs_routed_to_a_system_no_longer_configured_are_routed_again(
         engine_factory: Callable[..., Engine]) -> None:
     engine = engine_factory(LOCAL + BUSY, start=False)
-    slot = _hold_busy_slot(engine)
+    slot = hold_local_slot(engine.state_dir, "busy")
     engine.start()
     waiting = [engine.submit("true", project="busy") for _ in range(3)]
     engine.wait_for(lambda: engine.store.jobs.count_documents(
