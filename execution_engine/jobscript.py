@@ -14,8 +14,10 @@ minimal PATH/HOME/USER/LANG), then ``PATH`` from ``[engine] job_path``, ``EXECD_
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from execution_engine.systems.base import (
     ENGINE_DIR,
@@ -89,4 +91,24 @@ exit "$execd_code"
 """
 
 
-__all__ = ["ENGINE_DIR", "NO_JOB_DIR_EXIT", "SLOT_FD", "forge_script", "job_environment"]
+def make_job_dir(job_dir: Path) -> None:
+    """Make ``job_dir`` and its ``.execd`` folder: two ``mkdir`` calls in the usual case (the
+    project folder exists), since each metadata change is dear on some disks."""
+    try:
+        job_dir.mkdir()
+    except FileNotFoundError:  # the project's first job
+        job_dir.mkdir(parents=True)
+    except FileExistsError:  # built before (the builder died, or a rebuild)
+        pass
+    (job_dir / ENGINE_DIR).mkdir(exist_ok=True)
+
+
+def write_script(path: Path, text: str) -> None:
+    """Write an executable script in one go (created with its mode: no separate chmod)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+__all__ = ["ENGINE_DIR", "NO_JOB_DIR_EXIT", "SLOT_FD", "forge_script", "job_environment",
+           "make_job_dir", "write_script"]

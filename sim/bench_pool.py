@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from execution_engine.jobscript import forge_script, job_environment
-from execution_engine.systems.base import ENGINE_DIR, SCRIPT_NAME
+from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
+from execution_engine.systems.base import SCRIPT_NAME
 
 SHELL = "/bin/sh"
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -31,15 +31,14 @@ def forge_job_dirs(root: Path, count: int, command: Sequence[str], *,
 def forge_job_dir(job_dir: Path, command: Sequence[str], *, project: str = "bench") -> Path:
     """One job directory as the Building actor makes it; returns its script path."""
     job_id = job_dir.name
-    (job_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+    make_job_dir(job_dir)
     text = forge_script(
         job_id=job_id, job_dir=str(job_dir), command=list(command),
         environment=job_environment(job_id=job_id, name=command[0], job_dir=str(job_dir),
                                     project=project, owner=None, job_path=JOB_PATH),
     )
     script = job_dir / SCRIPT_NAME
-    script.write_text(text)
-    script.chmod(0o755)
+    write_script(script, text)
     return script
 
 

@@ -33,10 +33,9 @@ from typing import IO, Any
 import pytest
 
 from execution_engine import errors
-from execution_engine.jobscript import forge_script, job_environment
+from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
 from execution_engine.states import JobState
 from execution_engine.systems.base import (
-    ENGINE_DIR,
     PID_NAME,
     STDOUT_NAME,
     ExecutionSystem,
@@ -161,13 +160,12 @@ def make_job(base: Path, command: Sequence[str], *, resources: Resources | None 
     it; the job id is unique (the tag too)."""
     job_id = uuid.uuid4().hex[:16]
     job_dir = base / job_id
-    (job_dir / ENGINE_DIR).mkdir(parents=True)
+    make_job_dir(job_dir)
     env = job_environment(job_id=job_id, name=name, job_dir=str(job_dir), project="tests",
                           owner=None, job_path=JOB_PATH)
     job = JobSpec(job_id=job_id, name=name, job_dir=job_dir, resources=resources or Resources())
-    job.script.write_text(forge_script(job_id=job_id, job_dir=str(job_dir), command=command,
-                                       environment=env))
-    job.script.chmod(0o755)
+    write_script(job.script, forge_script(job_id=job_id, job_dir=str(job_dir), command=command,
+                                          environment=env))
     return job
 
 

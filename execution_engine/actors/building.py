@@ -12,7 +12,6 @@ Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by def
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,11 +26,11 @@ from execution_engine.jobdoc import (
     job_name,
     job_project,
 )
-from execution_engine.jobscript import forge_script, job_environment
+from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
 from execution_engine.logs import job_extra
 from execution_engine.states import JobState
 from execution_engine.store import Transition, end_fields, transition, utcnow
-from execution_engine.systems.base import ENGINE_DIR, SCRIPT_NAME
+from execution_engine.systems.base import SCRIPT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +113,3 @@ class BuildingActor(Actor):
                              ) from exc
         return job_dir
 
-
-def make_job_dir(job_dir: Path) -> None:
-    """Make ``job_dir`` and its ``.execd`` folder: two ``mkdir`` calls in the usual case (the
-    project folder exists), since each metadata change is dear on some disks."""
-    try:
-        job_dir.mkdir()
-    except FileNotFoundError:  # the project's first job
-        job_dir.mkdir(parents=True)
-    except FileExistsError:  # built before (the builder died, or a rebuild)
-        pass
-    (job_dir / ENGINE_DIR).mkdir(exist_ok=True)
-
-
-def write_script(path: Path, text: str) -> None:
-    """Write an executable script in one go (created with its mode: no separate chmod)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)

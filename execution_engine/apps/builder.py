@@ -38,10 +38,15 @@ from execution_engine.apps.staging import StagingError, stage
 from execution_engine.config import EngineConfig
 from execution_engine.errors import BuildError, InvalidJob, RoutingError
 from execution_engine.jobdoc import check_job, job_dir_for, job_id_text, job_name, job_project
-from execution_engine.jobscript import forge_script, job_environment
+from execution_engine.jobscript import (
+    forge_script,
+    job_environment,
+    make_job_dir,
+    write_script,
+)
 from execution_engine.states import JobState
 from execution_engine.store import JobStore, utcnow
-from execution_engine.systems.base import ENGINE_DIR, SCRIPT_NAME
+from execution_engine.systems.base import SCRIPT_NAME
 
 if TYPE_CHECKING:
     from execution_engine.routing.dispatcher import Dispatcher
@@ -112,15 +117,13 @@ class AppBuilder:
             raise BuildError(job_id, f"application {app.name} version {app.version}: "
                              + "; ".join(exc.problems)) from exc
         try:
-            (job_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+            make_job_dir(job_dir)
             self.stage_all(job_id, checked, job_dir)
             script = forge_script(
                 job_id=job_id_text(job_id), job_dir=str(job_dir), command=(), body=body,
                 environment=self.environment(doc, job_dir),
             )
-            path = job_dir / SCRIPT_NAME
-            path.write_text(script)
-            path.chmod(0o755)
+            write_script(job_dir / SCRIPT_NAME, script)
         except OSError as exc:
             raise BuildError(job_id, f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc
@@ -206,7 +209,7 @@ class AppBuilder:
         _refuse(job_id, app, problems)
         master_dir = job_dir_for(self.config.engine.jobs_dir, doc)
         try:
-            (master_dir / ENGINE_DIR).mkdir(parents=True, exist_ok=True)
+            make_job_dir(master_dir)
             self.stage_all(job_id, checked, master_dir)
             per_subjob: list[Any] = values
             source = checked.split_source
