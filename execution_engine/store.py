@@ -261,11 +261,7 @@ class JobStore:
         """Claim ended jobs whose notification is due (and not leased by a live actor)."""
         now = utcnow()
         token = uuid.uuid4().hex
-        filt = {
-            "notification.state": "due",
-            "$or": [{"notification.next_attempt": {"$exists": False}},
-                    {"notification.next_attempt": {"$lte": now}}],
-        }
+        filt = _notification_due(now)
         update = {
             "$set": {
                 "notification.state": "sending",
@@ -425,11 +421,7 @@ class JobStore:
                 "state": {"$nin": [s.value for s in ENDED_STATES]},
                 "kill.term_at": {"$exists": False},
             }),
-            notification_due=self.jobs.find_one(
-                {"notification.state": "due",
-                 "$or": [{"notification.next_attempt": {"$exists": False}},
-                         {"notification.next_attempt": {"$lte": now}}]},
-                {"_id": 1}) is not None,
+            notification_due=self.jobs.find_one(_notification_due(now), {"_id": 1}) is not None,
         )
 
     # ------------------------------------------------------------------ status side
@@ -475,6 +467,15 @@ class JobStore:
 
     def daemons_on(self, host: str) -> list[dict[str, Any]]:
         return list(self.daemons.find({"host": host}))
+
+
+def _notification_due(now: datetime) -> dict[str, Any]:
+    """The filter of jobs whose notification is due at ``now`` (not waiting for a retry)."""
+    return {
+        "notification.state": "due",
+        "$or": [{"notification.next_attempt": {"$exists": False}},
+                {"notification.next_attempt": {"$lte": now}}],
+    }
 
 
 def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
