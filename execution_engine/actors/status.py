@@ -21,7 +21,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from pymongo.errors import PyMongoError
 
 from execution_engine.actors.base import Actor
 from execution_engine.actors.notification import notification_channels
-from execution_engine.apps.outputs import app_outputs, failed_phase_message
+from execution_engine.apps.outputs import app_outputs, bounded_outputs, failed_phase_message
 from execution_engine.errors import SystemUnavailable
 from execution_engine.jobdoc import spec_of
 from execution_engine.logs import job_extra
@@ -41,8 +41,6 @@ from execution_engine.systems.base import ENGINE_DIR, ExecutionSystem, StatusRep
 
 log = logging.getLogger(__name__)
 
-MAX_OUTPUTS = 1000
-"""Files listed on an ended job at most (a job writing more is told so in its outputs list)."""
 DEFAULT_KILL_GRACE = 10.0
 
 
@@ -238,22 +236,18 @@ class StatusActor(Actor):
 
 def list_outputs(job_dir: Path) -> list[dict[str, Any]]:
     """The files of a job directory (not the engine's own), with their sizes."""
-    outputs: list[dict[str, Any]] = []
-    top = str(job_dir)
-    try:
-        for root, dirs, files in os.walk(top):  # str paths: every ended job comes through here
-            if root == top and ENGINE_DIR in dirs:
-                dirs.remove(ENGINE_DIR)
-            for name in sorted(files):
-                path = f"{root}/{name}"
-                try:
-                    size = os.lstat(path).st_size
-                except OSError:
-                    continue
-                outputs.append({"path": path[len(top) + 1:], "size": size})
-                if len(outputs) >= MAX_OUTPUTS:
-                    outputs.append({"path": "...", "size": None, "truncated": True})
-                    return outputs
-    except OSError:
-        pass
-    return outputs
+    return bounded_outputs(_job_files(str(job_dir)))
+
+
+def _job_files(top: str) -> Iterator[dict[str, Any]]:
+    # str paths, not Path objects: every ended job comes through here.
+    for root, dirs, files in os.walk(top):
+        if root == top and ENGINE_DIR in dirs:
+            dirs.remove(ENGINE_DIR)
+        for name in sorted(files):
+            path = f"{root}/{name}"
+            try:
+                size = os.lstat(path).st_size
+            except OSError:
+                continue
+            yield {"path": path[len(top) + 1:], "size": size}

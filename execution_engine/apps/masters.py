@@ -27,7 +27,7 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import PyMongoError
 
-from execution_engine.apps.outputs import MAX_OUTPUTS
+from execution_engine.apps.outputs import bounded_outputs
 from execution_engine.apps.split import SPLIT_SYSTEM, SUBJOBS_DIR
 from execution_engine.logs import job_extra
 from execution_engine.states import ACTIVE_STATES, ENDED_STATES, JobState
@@ -177,14 +177,8 @@ class SplitFollower:
 
 def subjob_outputs(store: JobStore, master_id: Any) -> list[dict[str, Any]]:
     """The outputs of a master's subjobs, as paths of the master's directory."""
-    outputs: list[dict[str, Any]] = []
-    for doc in store.jobs.find({"parent": master_id}, {"index": 1, "outputs": 1}
-                               ).sort("index", 1):
-        for output in doc.get("outputs") or []:
-            if output.get("truncated"):
-                continue
-            if len(outputs) >= MAX_OUTPUTS:
-                outputs.append({"path": "...", "size": None, "truncated": True})
-                return outputs
-            outputs.append({**output, "path": f"{SUBJOBS_DIR}/{doc['index']}/{output['path']}"})
-    return outputs
+    subjobs = store.jobs.find({"parent": master_id}, {"index": 1, "outputs": 1}).sort("index", 1)
+    return bounded_outputs(
+        {**output, "path": f"{SUBJOBS_DIR}/{doc['index']}/{output['path']}"}
+        for doc in subjobs for output in doc.get("outputs") or []
+        if not output.get("truncated"))

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import itertools
 import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ _CHUNK = 1 << 20
 def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def bounded_outputs(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first ``MAX_OUTPUTS`` of ``entries`` (read no further), and after them a
+    ``{"path": "...", "size": None, "truncated": True}`` entry when there were more."""
+    outputs = list(itertools.islice(entries, MAX_OUTPUTS + 1))
+    if len(outputs) > MAX_OUTPUTS:
+        outputs[MAX_OUTPUTS:] = [{"path": "...", "size": None, "truncated": True}]
+    return outputs
 
 
 def app_outputs(job_dir: Path, patterns: Iterable[str]) -> list[dict[str, Any]]:
@@ -58,18 +68,16 @@ def app_outputs(job_dir: Path, patterns: Iterable[str]) -> list[dict[str, Any]]:
                 continue
             if stat.S_ISREG(info.st_mode) and path.resolve().is_relative_to(root):
                 found.add(match)
-    outputs: list[dict[str, Any]] = []
-    for relative in sorted(found):
-        if len(outputs) >= MAX_OUTPUTS:
-            outputs.append({"path": "...", "size": None, "truncated": True})
-            break
-        path = job_dir / relative
-        try:
-            outputs.append({"path": relative, "size": path.stat().st_size,
-                            "sha256": sha256_of(path)})
-        except OSError:
-            continue
-    return outputs
+
+    def described() -> Iterator[dict[str, Any]]:
+        for relative in sorted(found):
+            path = job_dir / relative
+            try:
+                yield {"path": relative, "size": path.stat().st_size, "sha256": sha256_of(path)}
+            except OSError:
+                continue
+
+    return bounded_outputs(described())
 
 
 def failed_phase(job_dir: Path) -> str | None:
