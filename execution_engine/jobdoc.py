@@ -21,9 +21,8 @@ from typing import Any
 
 import bson
 import fastjsonschema
+from bson import ObjectId
 from jsonschema import Draft202012Validator
-
-from execution_engine.systems.base import JobSpec, Resources
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 DEFAULT_PROJECT = "default"
@@ -104,7 +103,10 @@ def check_job(
             " ([engine] max_document_bytes)"
         )
         return problems  # everything else would be slow to check and beside the point
-    if not SAFE_ID.match(job_id_text(doc.get("_id"))):
+    id_problem = _id_problem(doc.get("_id"))
+    if id_problem is not None:
+        problems.append(id_problem)
+    elif not SAFE_ID.match(job_id_text(doc.get("_id"))):
         problems.append(
             f"_id {job_id_text(doc.get('_id'))[:80]!r} cannot name a job directory"
             " (1-64 letters, digits, '.', '_' or '-', not starting with a dot)"
@@ -131,6 +133,24 @@ def check_job(
         if any("\0" in a for a in command):
             problems.append("command: an argument contains a NUL character")
     return problems
+
+
+OBJECT_ID_TEXT = re.compile(r"^[0-9a-fA-F]{24}\Z")
+
+
+def _id_problem(job_id: object) -> str | None:
+    """Why ``job_id`` cannot be a job's id, for ids that would alias another job's (and so its
+    job directory): only an ObjectId or a string is an id, and a string is never the text of
+    an ObjectId (``"X"`` and ``ObjectId("X")`` would share ``<jobs_dir>/<project>/X``)."""
+    if isinstance(job_id, ObjectId):
+        return None
+    if not isinstance(job_id, str):
+        return (f"_id: a job id is an ObjectId or a string, not {type(job_id).__name__}"
+                " (a number and its text would name the same job directory)")
+    if OBJECT_ID_TEXT.match(job_id):
+        return (f"_id: {job_id!r} is the text of an ObjectId; a string id must not look like "
+                f"one (it would name the same job directory as ObjectId({job_id!r}))")
+    return None
 
 
 _NOT_ALLOWED = {
@@ -160,24 +180,6 @@ def job_name(doc: Mapping[str, Any]) -> str:
 def job_project(doc: Mapping[str, Any]) -> str:
     project = doc.get("project")
     return project if isinstance(project, str) and project else DEFAULT_PROJECT
-
-
-def job_dir_for(jobs_root: Path, doc: Mapping[str, Any]) -> Path:
-    """Where a job's directory is: ``<jobs_dir>/<project>/<job id>`` (both checked safe)."""
-    return jobs_root / job_project(doc) / job_id_text(doc["_id"])
-
-
-def spec_of(doc: Mapping[str, Any]) -> JobSpec:
-    """The :class:`JobSpec` an execution system is given for a built job."""
-    return JobSpec(
-        job_id=job_id_text(doc["_id"]),
-        name=job_name(doc),
-        job_dir=Path(doc["job_dir"]),
-        owner=doc.get("owner"),
-        project=job_project(doc),
-        resources=Resources.from_document(doc.get("requirements")),
-        native_id=doc.get("native_id"),
-    )
 
 
 def new_job_document(

@@ -66,8 +66,6 @@ ACTIVE_STATES = frozenset(
 LEASED_STATES = frozenset({JobState.BUILDING, JobState.SUBMITTING})
 """States held by one actor under a lease; an expired lease is recovered by the Monitor."""
 
-NOT_SUBMITTED_STATES = frozenset({JobState.TO_BE_BUILT, JobState.TO_BE_SUBMITTED})
-"""States in which a job has no process anywhere: a cancellation ends it at once."""
 
 _ENDS = ENDED_STATES
 

@@ -1,4 +1,10 @@
-"""MongoDB access for the engine: jobs, their state changes, leases and claims.
+"""MongoDB access for the engine: the persistence boundary of the jobs collection.
+
+No other module reads or writes the ``jobs`` collection: clients' requests, claims, results,
+recovery, refusals, split masters and their subjobs all go through :class:`JobStore`, and every
+change it makes to a job's state is built by :mod:`execution_engine.transitions` (one function,
+``state_update``), so the "never twice", lease and "the engine's state is the engine's" rules
+live in that module and this one.
 
 Every state change is a compare-and-set: an update filtered on the state the writer expects (and,
 for leased steps, on its own lease), so that two actors, or two daemons on two hosts sharing one
@@ -9,32 +15,59 @@ single journaled write costs about a millisecond, so per-job round trips would c
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
-from execution_engine.errors import ExecdError
+from execution_engine.job import Job
+from execution_engine.reasons import Reason
 from execution_engine.states import (
     ACTIVE_STATES,
     ENDED_STATES,
     LEASED_STATES,
     TRANSITIONS,
     JobState,
-    predecessors,
+    parse_state,
+)
+from execution_engine.transitions import (
+    HISTORY_LIMIT,
+    NOTIFY_DUE,
+    Change,
+    Transition,
+    end_fields,
+    history_entry,
+    same_state_filter,
+    state_update,
+    transition,
 )
 
-HISTORY_LIMIT = 100
-"""Transitions kept on a job (the oldest are dropped) so that documents stay bounded."""
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DOCUMENT_BYTES = 1 << 20
+"""``[engine] max_document_bytes`` by default: larger jobs are refused before any work."""
+QUARANTINE_AFTER = 2
+"""A job whose step was left by a dead actor this many times is quarantined: ended in
+``error`` instead of being handed to yet another actor (a document that kills the actor
+handling it must not crash-loop the pool)."""
+WRITABLE_BYTES = (16 << 20) - (256 << 10)
+"""Documents larger than this are not claimed: the claim's own fields could take them past
+MongoDB's 16 MiB limit, and every later write of the engine would fail. (Those larger than
+``max_document_bytes`` but under this are claimed and refused with the reason by the builder.)"""
+SWEEP_LIMIT = 1000
+"""Jobs refused or restored per query of a sweep (the next sweep takes the rest)."""
+NOT_ENDED = [s.value for s in JobState if s not in ENDED_STATES]
 
 
 def utcnow() -> datetime:
@@ -62,80 +95,6 @@ def connect(uri: str, *, timeout: float = 10.0, app_name: str = "execd") -> Mong
 
 
 @dataclass(frozen=True)
-class Transition:
-    """One compare-and-set state change, ready to be written in a batch."""
-
-    job_id: Any
-    expected: tuple[JobState, ...]
-    new: JobState
-    fields: Mapping[str, Any]
-    message: str | None
-    by: str
-    lease_token: str | None = None
-    unset: tuple[str, ...] = ()
-
-    def as_update(self, now: datetime) -> UpdateOne:
-        filt: dict[str, Any] = {"_id": self.job_id,
-                                "state": {"$in": [s.value for s in self.expected]}}
-        if self.lease_token is not None:
-            filt["lease.token"] = self.lease_token
-        sets: dict[str, Any] = {"state": self.new.value, "updated_at": now, **self.fields}
-        if self.message is not None:
-            sets["status_message"] = self.message
-        unset = dict.fromkeys(self.unset, "")
-        if self.new in ENDED_STATES:
-            sets["ended_at"] = now
-        if self.new not in LEASED_STATES:  # the step is over: its lease with it
-            unset["lease"] = ""
-        entry = {"state": self.new.value, "at": now, "by": self.by}
-        if self.message:
-            entry["message"] = self.message
-        update: dict[str, Any] = {
-            "$set": sets,
-            "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
-        }
-        if unset:
-            update["$unset"] = unset
-        return UpdateOne(filt, update)
-
-
-def transition(
-    job_id: Any,
-    expected: JobState | Iterable[JobState],
-    new: JobState,
-    *,
-    by: str,
-    message: str | None = None,
-    fields: Mapping[str, Any] | None = None,
-    lease_token: str | None = None,
-    unset: Iterable[str] = (),
-) -> Transition:
-    """A state change from one of ``expected`` to ``new``, checked against the transition table.
-
-    Raises ValueError for a change the table forbids: that is a bug, never a runtime condition.
-    """
-    expected_t = (expected,) if isinstance(expected, JobState) else tuple(expected)
-    for state in expected_t:
-        if new not in TRANSITIONS[state]:
-            raise ValueError(f"{state.value!r} -> {new.value!r} is not a job transition")
-    return Transition(
-        job_id, expected_t, new, dict(fields or {}), message, by, lease_token, tuple(unset)
-    )
-
-
-def end_fields(notify: bool) -> dict[str, Any]:
-    """Fields set with every end state: the notification becomes due exactly once."""
-    return {"notification": {"state": "due" if notify else "none", "attempts": 0}}
-
-
-def makes_notification_due(changes: Iterable[Transition | UpdateOne]) -> bool:
-    """True when one of ``changes`` ends a job whose notification is then due."""
-    return any(isinstance(change, Transition)
-               and change.fields.get("notification", {}).get("state") == "due"
-               for change in changes)
-
-
-@dataclass(frozen=True)
 class Backlog:
     """What the jobs collection holds for the pools, as a poll of the Monitor reads it."""
 
@@ -150,23 +109,26 @@ class Backlog:
 class JobStore:
     """The engine's view of its MongoDB database. One per process; not shared across forks."""
 
-    def __init__(self, db: Database[Any]) -> None:
+    def __init__(self, db: Database[Any], *,
+                 max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
         self.db = db
         self.jobs: Collection[Any] = db["jobs"]
         self.leases: Collection[Any] = db["leases"]
         self.daemons: Collection[Any] = db["daemons"]
+        self.max_document_bytes = max_document_bytes
 
     @classmethod
-    def open(cls, uri: str, database: str, *, timeout: float = 10.0, app_name: str = "execd"
-             ) -> JobStore:
-        return cls(connect(uri, timeout=timeout, app_name=app_name)[database])
+    def open(cls, uri: str, database: str, *, timeout: float = 10.0, app_name: str = "execd",
+             max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> JobStore:
+        return cls(connect(uri, timeout=timeout, app_name=app_name)[database],
+                   max_document_bytes=max_document_bytes)
 
     def close(self) -> None:
         self.db.client.close()
 
     # ------------------------------------------------------------------ schema
     def ensure_indexes(self) -> None:
-        """Indexes for every query the engine makes (idempotent)."""
+        """Indexes for every query the engine makes and the docs invite (idempotent)."""
         # Leases are found through the state index (few jobs are building or submitting at
         # once) and claims read back by _id: no index on lease fields, which change at every
         # claim and release and would cost an index write each time.
@@ -177,10 +139,17 @@ class JobStore:
             [("system", ASCENDING), ("_id", ASCENDING)], name="waiting_by_system",
             partialFilterExpression={"state": JobState.TO_BE_SUBMITTED.value},
         )
+        # The Status actors follow what the engine handed to a system, whatever a client may
+        # have written into ``state`` since.
         self.jobs.create_index(
-            [("system", ASCENDING), ("host", ASCENDING), ("state", ASCENDING)],
+            [("system", ASCENDING), ("host", ASCENDING), ("engine_state", ASCENDING)],
             name="active_by_system",
-            partialFilterExpression={"state": {"$in": [s.value for s in ACTIVE_STATES]}},
+            partialFilterExpression={"engine_state": {"$in": [s.value for s in ACTIVE_STATES]}},
+        )
+        # The sweep that restores the engine's state after a client rewrote it.
+        self.jobs.create_index(
+            [("engine_state", ASCENDING), ("_id", ASCENDING)], name="engine_live",
+            partialFilterExpression={"engine_state": {"$in": NOT_ENDED}},
         )
         self.jobs.create_index(
             [("notification.state", ASCENDING), ("notification.next_attempt", ASCENDING)],
@@ -192,19 +161,30 @@ class JobStore:
             name="cancel",
             partialFilterExpression={"cancel_requested": True},
         )
+        self.jobs.create_index(
+            [("hold_requested", ASCENDING), ("engine_state", ASCENDING)],
+            name="hold",
+            partialFilterExpression={"hold_requested": {"$exists": True}},
+        )
+        self.jobs.create_index([("parent", ASCENDING), ("index", ASCENDING)], name="subjobs",
+                               partialFilterExpression={"parent": {"$exists": True}})
+        # Portals list one user's or one project's jobs, newest first.
+        self.jobs.create_index([("owner", ASCENDING), ("_id", DESCENDING)], name="by_owner")
+        self.jobs.create_index([("project", ASCENDING), ("_id", DESCENDING)],
+                               name="by_project")
 
     # ------------------------------------------------------------------ client side
     def insert(self, doc: Mapping[str, Any]) -> Any:
         return self.jobs.insert_one(dict(doc)).inserted_id
 
     def get(self, job_id: Any) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = self.jobs.find_one({"_id": as_job_id(job_id)})
+        doc: dict[str, Any] | None = self.jobs.find_one({"_id": {"$eq": as_job_id(job_id)}})
         return doc
 
     def request_cancel(self, job_id: Any) -> dict[str, Any] | None:
         """Ask for a job to be cancelled (the documented client update); the new document."""
         doc: dict[str, Any] | None = self.jobs.find_one_and_update(
-            {"_id": as_job_id(job_id)},
+            {"_id": {"$eq": as_job_id(job_id)}},
             {"$set": {"cancel_requested": True}},
             return_document=ReturnDocument.AFTER,
         )
@@ -214,6 +194,80 @@ class JobStore:
         """Number of jobs per stored state value."""
         pipeline = [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
         return {str(row["_id"]): row["n"] for row in self.jobs.aggregate(pipeline)}
+
+    def find_jobs(self, *, owner: str | None = None, state: str | None = None,
+                  project: str | None = None, parent: Any = None, subjobs: bool = True,
+                  limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs matching every given field, newest first, at most ``limit`` (0: all), without
+        ``history`` and ``outputs``. Values are compared with ``$eq``: never an operator.
+        ``parent`` lists one split job's subjobs; ``subjobs=False`` leaves every subjob out."""
+        query: dict[str, Any] = {field: {"$eq": value} for field, value in
+                                 (("owner", owner), ("state", state), ("project", project))
+                                 if value is not None}
+        if parent is not None:
+            query["parent"] = {"$eq": parent}
+        elif not subjobs:
+            query["parent"] = {"$exists": False}
+        cursor = self.jobs.find(query, {"history": 0, "outputs": 0}).sort("_id", -1)
+        return list(cursor.limit(max(0, limit)))
+
+    def job_states(self, job_ids: Sequence[Any] | None = None, *,
+                   updated_since: datetime | None = None, limit: int = 10000
+                   ) -> list[dict[str, Any]]:
+        """``{_id, state, status_message, updated_at}`` of the jobs ``job_ids`` (all jobs when
+        None) updated at or after ``updated_since`` (any time when None): what a client
+        polling for state changes reads."""
+        query: dict[str, Any] = {}
+        if job_ids is not None:
+            query["_id"] = {"$in": [as_job_id(j) for j in job_ids]}
+        if updated_since is not None:
+            query["updated_at"] = {"$gte": updated_since}
+        fields = {"state": 1, "status_message": 1, "updated_at": 1}
+        return list(self.jobs.find(query, fields).limit(max(0, limit)))
+
+    def watch_job_states(self, job_ids: Sequence[Any] | None = None, *,
+                         max_await_seconds: float = 1.0) -> Any:
+        """A change stream (``pymongo`` ``ChangeStream``, to be closed) of the inserts,
+        replacements and updates that set a ``state``, of ``job_ids`` or of every job. Raises
+        ``OperationFailure`` where change streams are not available (a standalone mongod)."""
+        match: dict[str, Any] = {"$or": [
+            {"operationType": {"$in": ["insert", "replace"]}},
+            {"operationType": "update", "updateDescription.updatedFields.state": {"$exists": True}},
+        ]}
+        if job_ids is not None:
+            match["documentKey._id"] = {"$in": [as_job_id(j) for j in job_ids]}
+        project = {"operationType": 1, "documentKey": 1, "clusterTime": 1,
+                   "fullDocument.state": 1, "fullDocument.status_message": 1,
+                   "updateDescription.updatedFields.state": 1,
+                   "updateDescription.updatedFields.status_message": 1}
+        return self.jobs.watch([{"$match": match}, {"$project": project}],
+                               max_await_time_ms=int(max_await_seconds * 1000))
+
+    def request_hold(self, job_id: Any, hold: bool) -> dict[str, Any] | None:
+        """Ask for a job to be held (``hold=True``) or released (the documented client update
+        ``hold_requested``); the new document, None when there is no such job."""
+        doc: dict[str, Any] | None = self.jobs.find_one_and_update(
+            {"_id": {"$eq": as_job_id(job_id)}},
+            {"$set": {"hold_requested": bool(hold)}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return doc
+
+    def mark_outputs_fetched(self, job_id: Any, state: str, paths: Sequence[str]) -> bool:
+        """Record that the outputs ``paths`` of an ended job were fetched and verified now;
+        False when the job is no longer in ``state``."""
+        now = utcnow()
+        result = self.jobs.update_one(
+            {"_id": {"$eq": as_job_id(job_id)}, "state": {"$eq": state}},
+            {"$set": {"outputs.$[out].fetched_at": now, "outputs_fetched_at": now}},
+            array_filters=[{"out.path": {"$in": list(paths)}}],
+        )
+        return result.matched_count == 1
+
+    def daemon_document(self, instance: str) -> dict[str, Any] | None:
+        """The ``daemons`` document of one daemon instance (what ``execd status`` shows)."""
+        doc: dict[str, Any] | None = self.daemons.find_one({"_id": {"$eq": instance}})
+        return doc
 
     # ------------------------------------------------------------------ claims
     def claim(
@@ -225,36 +279,38 @@ class JobStore:
         limit: int,
         lease_seconds: float,
         extra_filter: Mapping[str, Any] | None = None,
-        extra_update: Mapping[str, Mapping[str, Any]] | None = None,
+        inc: Mapping[str, int] | None = None,
         record: bool = True,
     ) -> list[dict[str, Any]]:
         """Atomically move up to ``limit`` jobs from ``current`` to the leased state ``new`` for
         ``owner``; returns the claimed documents (possibly fewer, or none, when others won).
-        ``record=False`` leaves the claim out of the job's history."""
+        ``record=False`` leaves the claim out of the job's history.
+
+        Only jobs whose ``engine_state`` agrees with ``current`` are taken (a client's rewrite
+        of ``state`` claims nothing), and a new job only when it can be worked on at all: not
+        larger than ``max_document_bytes`` and with a history the engine can append to (the
+        sweep refuses the others, :meth:`enforce_engine_states`).
+        """
         if new not in TRANSITIONS[current]:
             raise ValueError(f"{current.value!r} -> {new.value!r} is not a job transition")
         now = utcnow()
         token = uuid.uuid4().hex
-        filt = {"state": current.value, **(extra_filter or {})}
-        update: dict[str, Any] = {
-            "$set": {
-                "state": new.value,
-                "updated_at": now,
-                "lease": {
-                    "owner": owner,
-                    "token": token,
-                    "until": now + timedelta(seconds=lease_seconds),
-                },
-            },
-        }
-        if record:
-            update["$push"] = {
-                "history": {"$each": [{"state": new.value, "at": now, "by": owner}],
-                            "$slice": -HISTORY_LIMIT}
-            }
-        for op, values in (extra_update or {}).items():
-            update.setdefault(op, {}).update(values)
+        filt: dict[str, Any] = {**same_state_filter(None, (current,)), **(extra_filter or {})}
+        del filt["_id"]
+        if current is JobState.TO_BE_BUILT:
+            filt["$and"] = [*filt.get("$and", []), *self._workable()]
+        update = state_update(new, by=owner, now=now, record=record, inc=inc, fields={
+            "lease": {"owner": owner, "token": token,
+                      "until": now + timedelta(seconds=lease_seconds)},
+        })
         return self._claim(filt, update, token, limit)
+
+    def _workable(self) -> list[dict[str, Any]]:
+        """Conditions a new job must meet before any actor works on it."""
+        return [
+            {"$or": [{"history": {"$exists": False}}, {"history": {"$type": "array"}}]},
+            {"$expr": {"$lt": [{"$bsonSize": "$$ROOT"}, WRITABLE_BYTES]}},
+        ]
 
     def claim_notifications(self, *, owner: str, limit: int, lease_seconds: float
                             ) -> list[dict[str, Any]]:
@@ -265,6 +321,7 @@ class JobStore:
         update = {
             "$set": {
                 "notification.state": "sending",
+                "engine_notification": "sending",
                 "lease": {"owner": owner, "token": token,
                           "until": now + timedelta(seconds=lease_seconds)},
             }
@@ -284,7 +341,7 @@ class JobStore:
             return []
         ids = [d["_id"] for d in docs]
         # The filter is repeated so that a job another actor took in between is left alone.
-        taken = self.jobs.update_many({"_id": {"$in": ids}, **filt}, update).modified_count
+        taken = self.jobs.update_many({**filt, "_id": {"$in": ids}}, update).modified_count
         if taken != len(ids):
             return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token},
                                        {"history": 0}))
@@ -298,27 +355,40 @@ class JobStore:
         self.jobs.update_many({"_id": {"$in": list(job_ids)}, "lease.token": token},
                               {"$set": {"lease.until": utcnow() + timedelta(seconds=seconds)}})
 
-    def apply(self, changes: Sequence[Transition | UpdateOne]) -> int:
+    def apply(self, changes: Sequence[Change]) -> int:
         """Write a batch of compare-and-set changes; returns how many took effect. A change whose
-        job is no longer in the expected state is skipped (someone else moved it on)."""
+        job is no longer in the expected state is skipped (someone else moved it on).
+
+        A change the server refuses (a client made the document unwritable: a ``history`` that
+        is not a list, a document grown to the size limit) does not fail the batch: the job is
+        ended in ``error`` with the reason (:meth:`_refuse_unwritable`).
+        """
         if not changes:
             return 0
         now = utcnow()
-        ops = [c.as_update(now) if isinstance(c, Transition) else c for c in changes]
+        ops = [change.as_update(now) for change in changes]
         try:
-            result = self.jobs.bulk_write(ops, ordered=False)
+            return self.jobs.bulk_write(ops, ordered=False).modified_count
         except BulkWriteError as exc:
-            raise ExecdError(f"batch write failed: {exc.details.get('writeErrors')}") from exc
-        return result.modified_count
+            errors = exc.details.get("writeErrors", [])
+            done = int(exc.details.get("nModified", 0))
+        for error in errors:
+            change = changes[error["index"]]
+            log.warning("job %s: the database refused the engine's write (%s)",
+                        change.job_id, error.get("errmsg"))
+            done += self._refuse_unwritable(change.job_id, str(error.get("errmsg")), by="store")
+        return done
 
     def release(self, jobs: Iterable[Mapping[str, Any]], back_to: JobState, *, by: str,
                 message: str) -> int:
         """Give claimed jobs back (rollback at warm stop, or no capacity); lease-checked."""
-        changes = []
+        changes: list[Change] = []
         for doc in jobs:
-            current = JobState(doc["state"])
-            changes.append(transition(doc["_id"], current, back_to, by=by, message=message,
-                                      lease_token=doc["lease"]["token"]))
+            job = Job(doc)
+            if job.state is None:
+                continue
+            changes.append(transition(job.id, job.state, back_to, by=by, message=message,
+                                      lease_token=job.lease_token))
         return self.apply(changes)
 
     # ------------------------------------------------------------------ recovery
@@ -326,14 +396,13 @@ class JobStore:
         """End the leases of every actor whose owner id starts with ``owner_prefix`` (a dead
         actor or a dead daemon), so that recovery picks their jobs up at once."""
         past = utcnow() - timedelta(seconds=1)
-        owned = {"lease.owner": {"$regex": f"^{_regex_escape(owner_prefix)}"}}
+        owned = {"lease.owner": {"$regex": f"^{re.escape(owner_prefix)}"}}
         # Filtered on the states that hold leases, so that the indexes serve the query.
-        for held in ({"state": {"$in": [s.value for s in (JobState.BUILDING,
-                                                            JobState.SUBMITTING)]}},
+        for held in ({"state": {"$in": [s.value for s in LEASED_STATES]}},
                      {"notification.state": "sending"}):
             self.jobs.update_many({**held, **owned}, {"$set": {"lease.until": past}})
         self.leases.update_many(
-            {"owner": {"$regex": f"^{_regex_escape(owner_prefix)}"}},
+            {"owner": {"$regex": f"^{re.escape(owner_prefix)}"}},
             {"$set": {"until": past}},
         )
 
@@ -343,73 +412,186 @@ class JobStore:
         ``building`` goes back to ``to be built`` (building is idempotent); ``submitting`` goes
         back to ``to be submitted`` marked for recovery, so that the next Submit actor first asks
         the execution system whether the job is already there before submitting it again.
-        A notification whose lease expired is due again.
+        A job left this way :data:`QUARANTINE_AFTER` times is ended in ``error`` instead: it may
+        be what kills its actors. A notification whose lease expired is due again.
         """
         now = utcnow()
-        expired = {"lease.until": {"$lt": now}}
         counts = {}
         for state, back, extra in (
             (JobState.BUILDING, JobState.TO_BE_BUILT, {}),
             (JobState.SUBMITTING, JobState.TO_BE_SUBMITTED, {"submission.recover": True}),
         ):
-            entry = {"state": back.value, "at": now, "by": by,
-                     "message": f"lease expired while {state.value}; recovered"}
-            result = self.jobs.update_many(
-                {"state": state.value, **expired},
-                {
-                    "$set": {"state": back.value, "updated_at": now, **extra},
-                    "$unset": {"lease": ""},
-                    "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
-                },
-            )
+            expired = {**same_state_filter(None, (state,)), "lease.until": {"$lt": now}}
+            del expired["_id"]
+            message = (f"quarantined: the actor holding it while {state.value} died "
+                       f"{QUARANTINE_AFTER} times")
+            quarantined = self.jobs.update_many(
+                {**expired, "recoveries": {"$gte": QUARANTINE_AFTER - 1}},
+                state_update(JobState.ERROR, by=by, now=now, message=message,
+                             reason=Reason.INTERNAL_ERROR.value, fields=end_fields(True)),
+            ).modified_count
+            if quarantined:
+                log.error("%d jobs quarantined: %s", quarantined, message)
+            result = self.jobs.update_many(expired, state_update(
+                back, by=by, now=now, message=f"lease expired while {state.value}; recovered",
+                fields=extra, inc={"recoveries": 1}))
             counts[state.value] = result.modified_count
         result = self.jobs.update_many(
-            {"notification.state": "sending", **expired},
-            {"$set": {"notification.state": "due"}, "$unset": {"lease": ""}},
+            {"notification.state": "sending", "lease.until": {"$lt": now}},
+            {"$set": {"notification.state": NOTIFY_DUE, "engine_notification": NOTIFY_DUE},
+             "$unset": {"lease": ""}},
         )
         counts["notification"] = result.modified_count
         return counts
 
     def cancel_unsubmitted(self, *, by: str) -> int:
-        """End as ``killed`` every job cancelled before it reached an execution system."""
-        now = utcnow()
-        entry = {"state": JobState.KILLED.value, "at": now, "by": by,
-                 "message": "cancelled before submission"}
-        ops = []
+        """End as ``killed`` every job cancelled before it reached an execution system (a job
+        whose submission is in doubt is left to the Submit actor, which asks the system)."""
+        changes: list[Change] = []
         for doc in self.jobs.find(
             {"cancel_requested": True,
-             "state": {"$in": [JobState.TO_BE_BUILT.value, JobState.TO_BE_SUBMITTED.value]}},
+             "state": {"$in": [JobState.TO_BE_BUILT.value, JobState.TO_BE_SUBMITTED.value]},
+             "submission.recover": {"$ne": True}},
             {"_id": 1, "state": 1, "notify": 1},
         ):
-            ops.append(UpdateOne(
-                {"_id": doc["_id"], "state": doc["state"]},
-                {"$set": {"state": JobState.KILLED.value, "updated_at": now, "ended_at": now,
-                          "status_message": "cancelled before submission",
-                          **end_fields(doc.get("notify", True) is not False)},
-                 "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}}},
-            ))
-        return self.apply(ops)
+            job = Job(doc)
+            if job.state is None:
+                continue
+            changes.append(transition(job.id, job.state, JobState.KILLED, by=by,
+                                      message="cancelled before submission",
+                                      reason=Reason.CANCELLED.value,
+                                      fields=end_fields(job.notify)))
+        return self.apply(changes)
 
-    def fail_unknown_states(self, *, by: str, limit: int = 1000) -> int:
-        """End in ``error`` every job whose state is missing or not a known state."""
+    # ------------------------------------------------------------------ refusals
+    def fail_unknown_states(self, *, by: str, limit: int = SWEEP_LIMIT) -> int:
+        """End in ``error`` every job whose state is missing or not a known state (a job the
+        engine holds gets its state back instead: :meth:`enforce_engine_states`)."""
         known = [s.value for s in JobState]
-        now = utcnow()
-        ops = []
-        for doc in self.jobs.find({"state": {"$nin": known}}, {"_id": 1, "state": 1}).limit(limit):
-            # A covered index scan reports a missing field as null: treat both alike.
-            value = doc.get("state")
-            reason = ("state is missing (a new job must have state 'to be built')"
-                      if value is None else
-                      f"state {value!r} is not a job state (known: {', '.join(known)})")
-            filt = {"_id": doc["_id"], "state": value}
-            entry = {"state": JobState.ERROR.value, "at": now, "by": by, "message": reason}
-            ops.append(UpdateOne(filt, {
-                "$set": {"state": JobState.ERROR.value, "status_message": reason,
-                         "updated_at": now, "ended_at": now, **end_fields(True)},
-                "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}},
-            }))
-        return self.apply(ops)
+        done = 0
+        for doc in self.jobs.find({"state": {"$nin": known}},
+                                  {"_id": 1, "state": 1, "engine_state": 1}).limit(limit):
+            done += self._enforce_one(doc, by=by)
+        return done
 
+    def enforce_engine_states(self, *, by: str, job_ids: Iterable[Any] | None = None) -> int:
+        """Undo what clients did to ``state``; returns how many jobs were corrected.
+
+        * a job the engine holds whose ``state`` a client changed gets the engine's state back,
+          and the refused write is recorded in its history and ``refused_writes``;
+        * a job inserted in any state but ``to be built`` (or none) is ended in ``error``
+          (reason ``invalid_document``): only a new job may be inserted;
+        * a new job the engine cannot work on (larger than ``max_document_bytes``, or a
+          ``history`` that is not a list) is ended in ``error`` naming the field.
+
+        With ``job_ids`` (the change stream saw them written) only those jobs are looked at;
+        without, a sweep of every job not ended by either ``state`` or ``engine_state``.
+        """
+        differs = {"$expr": {"$ne": ["$state", "$engine_state"]}}
+        projection = {"_id": 1, "state": 1, "engine_state": 1}
+        queries: list[dict[str, Any]]
+        if job_ids is not None:
+            queries = [{"_id": {"$in": list(job_ids)}}]
+        else:
+            queries = [
+                {"engine_state": {"$in": NOT_ENDED}, **differs},
+                {"state": {"$in": NOT_ENDED}, "engine_state": {"$exists": True}, **differs},
+                {"state": {"$in": NOT_ENDED[1:]}, "engine_state": {"$exists": False}},
+            ]
+        done = 0
+        for query in queries:
+            for doc in self.jobs.find(query, projection).limit(SWEEP_LIMIT):
+                done += self._enforce_one(doc, by=by)
+        done += self.refuse_unworkable(by=by, job_ids=job_ids)
+        return done
+
+    def _enforce_one(self, doc: Mapping[str, Any], *, by: str) -> int:
+        """Correct one job whose ``state`` is not the engine's (see enforce_engine_states)."""
+        value, engine = doc.get("state"), doc.get("engine_state")
+        if (value is not None and value == engine) or (
+                engine is None and value == JobState.TO_BE_BUILT.value):
+            return 0
+        now = utcnow()
+        filt = {"_id": {"$eq": doc["_id"]}, "state": {"$eq": value},
+                "engine_state": {"$eq": engine}}
+        engine_state = parse_state(engine)
+        if engine_state is not None:
+            message = (f"refused a client write of state {_shown(value)}: the job is "
+                       f"{engine_state.value!r} (only documented requests change a job)")
+            entry = history_entry(engine_state, by=by, at=now, message=message)
+            refused = {"at": now, "state": _shown(value)}
+            result = self.jobs.update_one(filt, {
+                "$set": {"state": engine_state.value, "updated_at": now},
+                "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT},
+                          "refused_writes": {"$each": [refused], "$slice": -HISTORY_LIMIT}},
+            })
+            log.warning("job %s: %s", doc["_id"], message)
+        else:
+            if value is None:
+                reason = "state is missing (a new job must have state 'to be built')"
+            elif parse_state(value) is None:
+                reason = (f"state {_shown(value)} is not a job state (a new job must have "
+                          "state 'to be built')")
+            else:
+                reason = (f"state {_shown(value)}: a new job must be inserted with state "
+                          "'to be built'; the engine sets every other state")
+            update = state_update(JobState.ERROR, by=by, now=now, message=reason,
+                                  reason=Reason.INVALID_DOCUMENT.value, fields=end_fields(True))
+            result = self.jobs.update_one(filt, update)
+            if not result.modified_count:  # the history was no list: start it afresh
+                result = self.jobs.update_one(filt, _with_fresh_history(update))
+        return result.modified_count
+
+    def refuse_unworkable(self, *, by: str, job_ids: Iterable[Any] | None = None) -> int:
+        """End in ``error`` the new jobs no actor may claim (see :meth:`claim`); the Building
+        actor asks whenever its claim finds nothing (it then reads only such jobs)."""
+        new = {"state": JobState.TO_BE_BUILT.value,
+               "engine_state": {"$in": [None, JobState.TO_BE_BUILT.value]},
+               "$nor": [{"$and": self._workable()}]}
+        if job_ids is not None:
+            new["_id"] = {"$in": list(job_ids)}
+        done = 0
+        for doc in self.jobs.find(new, {"_id": 1}).limit(SWEEP_LIMIT):
+            done += self._refuse_unwritable(doc["_id"], "", by=by)
+        return done
+
+    def _refuse_unwritable(self, job_id: Any, why: str, *, by: str) -> int:
+        """End in ``error`` a job the engine cannot write to as it is; keeps what can be kept.
+
+        A document over the size limit keeps its identifying fields only (the rest is dropped,
+        their names listed in ``dropped_fields``): it could not be written otherwise.
+        """
+        doc = self.jobs.find_one({"_id": {"$eq": job_id}})
+        if doc is None or parse_state(doc.get("engine_state")) in ENDED_STATES:
+            return 0
+        now = utcnow()
+        size = _bson_size(doc)
+        limit = min(self.max_document_bytes, WRITABLE_BYTES)
+        if size >= limit:
+            message = (f"document is {size} bytes, more than the {limit} "
+                       "allowed ([engine] max_document_bytes)")
+        elif not isinstance(doc.get("history", []), list):
+            message = "history: written by the engine only (it must be a list)"
+        else:
+            message = f"the database refused the engine's write: {why[:300]}"
+        update = _with_fresh_history(state_update(
+            JobState.ERROR, by=by, now=now, message=message,
+            reason=Reason.INVALID_DOCUMENT.value, fields=end_fields(True)))
+        if size >= WRITABLE_BYTES:
+            kept = {k: v for k, v in doc.items() if k in _KEPT_WHEN_TOO_LARGE
+                    and _bson_size({k: v}) < 4096}
+            dropped = sorted(k for k in doc if k not in kept)
+            replacement = {**kept, **update["$set"], "dropped_fields": dropped[:100]}
+            replacement.pop("lease", None)
+            result = self.jobs.replace_one({"_id": {"$eq": job_id}, "state": doc.get("state")},
+                                           replacement)
+        else:
+            result = self.jobs.update_one({"_id": {"$eq": job_id},
+                                           "state": {"$eq": doc.get("state")}}, update)
+        log.warning("job %s refused: %s", job_id, message)
+        return result.modified_count
+
+    # ------------------------------------------------------------------ Monitor's polls
     def backlog(self) -> Backlog:
         """What the pools have to do, from indexes only: the Monitor asks many times a second
         during a burst (``execution_engine.watch``) instead of reading the change stream."""
@@ -426,14 +608,80 @@ class JobStore:
 
     # ------------------------------------------------------------------ status side
     def active_jobs(self, system: str, host: str | None) -> list[dict[str, Any]]:
-        """Jobs handed to ``system`` (on ``host`` for host-bound systems) and not ended."""
+        """Jobs the engine handed to ``system`` (on ``host`` for host-bound systems) and that
+        have not ended, by the engine's own record."""
         filt: dict[str, Any] = {
             "system": system,
-            "state": {"$in": [s.value for s in ACTIVE_STATES]},
+            "engine_state": {"$in": [s.value for s in ACTIVE_STATES]},
         }
         if host is not None:
             filt["host"] = host
         return list(self.jobs.find(filt, {"history": 0, "outputs": 0}))
+
+    # ------------------------------------------------------------------ split jobs
+    def insert_subjobs(self, docs: list[dict[str, Any]]) -> list[Any]:
+        """Insert a split master's subjobs; those already there (a master built again) are
+        kept. Returns the ids that are neither new nor already this master's subjobs."""
+        if not docs:
+            return []
+        for start in range(0, len(docs), 1000):
+            with contextlib.suppress(BulkWriteError):  # duplicates: checked below
+                self.jobs.insert_many(docs[start:start + 1000], ordered=False)
+        ids = [d["_id"] for d in docs]
+        ours = {d["_id"] for d in self.jobs.find(
+            {"_id": {"$in": ids}, "parent": {"$eq": docs[0]["parent"]}}, {"_id": 1})}
+        return [i for i in ids if i not in ours]
+
+    def split_master(self, master_id: Any) -> dict[str, Any] | None:
+        """What a subjob's build needs of its master."""
+        doc: dict[str, Any] | None = self.jobs.find_one(
+            {"_id": {"$eq": master_id}}, {"app": 1, "project": 1, "splitter": 1, "subjobs": 1})
+        return doc
+
+    def active_split_masters(self, split_system: str) -> list[dict[str, Any]]:
+        return list(self.jobs.find(
+            {"system": split_system, "engine_state": {"$in": [s.value for s in ACTIVE_STATES]}},
+            {"state": 1, "engine_state": 1, "cancel_requested": 1, "notify": 1, "subjobs": 1,
+             "kill": 1}))
+
+    def subjob_state_counts(self, subjob_ids: Mapping[Any, list[Any]]
+                            ) -> dict[Any, dict[str, int]]:
+        """Per master, how many of its subjobs (``subjob_ids[master]``, the ids the engine gave
+        them: a document merely claiming a master as ``parent`` does not count) are in each
+        state."""
+        counts: dict[Any, dict[str, int]] = {master: {} for master in subjob_ids}
+        wanted = [i for ids in subjob_ids.values() for i in ids]
+        for row in self.jobs.aggregate([
+            {"$match": {"_id": {"$in": wanted}, "parent": {"$in": list(subjob_ids)}}},
+            {"$group": {"_id": {"parent": "$parent", "state": "$engine_state"},
+                        "n": {"$sum": 1}}},
+        ]):
+            state = row["_id"].get("state") or JobState.TO_BE_BUILT.value
+            bucket = counts[row["_id"]["parent"]]
+            bucket[str(state)] = bucket.get(str(state), 0) + row["n"]
+        return counts
+
+    def cancel_subjobs(self, master_id: Any, subjob_ids: list[Any]) -> int:
+        """Pass a master's cancellation on to its subjobs not yet ended; marks the master."""
+        result = self.jobs.update_many(
+            {"_id": {"$in": subjob_ids}, "parent": {"$eq": master_id},
+             "state": {"$nin": [s.value for s in ENDED_STATES]},
+             "cancel_requested": {"$ne": True}},
+            {"$set": {"cancel_requested": True}})
+        return result.modified_count
+
+    def failed_subjobs(self, master_id: Any, subjob_ids: list[Any]) -> list[dict[str, Any]]:
+        return list(self.jobs.find(
+            {"_id": {"$in": subjob_ids}, "parent": {"$eq": master_id},
+             "engine_state": {"$in": [JobState.ERROR.value, JobState.KILLED.value]}},
+            {"index": 1, "state": 1, "status_message": 1, "exit_code": 1},
+        ).sort("index", 1))
+
+    def subjob_outputs(self, master_id: Any, subjob_ids: list[Any]
+                       ) -> Iterator[dict[str, Any]]:
+        """Each subjob's index and outputs, in index order."""
+        yield from self.jobs.find({"_id": {"$in": subjob_ids}, "parent": {"$eq": master_id}},
+                                  {"index": 1, "outputs": 1}).sort("index", 1)
 
     # ------------------------------------------------------------------ named leases
     def take_lease(self, name: str, owner: str, seconds: float) -> bool:
@@ -462,6 +710,11 @@ class JobStore:
     def heartbeat(self, instance: str) -> None:
         self.daemons.update_one({"_id": instance}, {"$set": {"heartbeat_at": utcnow()}})
 
+    def update_daemon(self, instance: str, fields: Mapping[str, Any]) -> None:
+        """Set ``fields`` on the daemon's document (e.g. its actor table) and beat its heart."""
+        self.daemons.update_one({"_id": instance},
+                                {"$set": {**fields, "heartbeat_at": utcnow()}})
+
     def unregister_daemon(self, instance: str) -> None:
         self.daemons.delete_one({"_id": instance})
 
@@ -469,13 +722,41 @@ class JobStore:
         return list(self.daemons.find({"host": host}))
 
 
+_KEPT_WHEN_TOO_LARGE = ("_id", "owner", "name", "project", "notify", "parent", "index")
+
+
 def _notification_due(now: datetime) -> dict[str, Any]:
-    """The filter of jobs whose notification is due at ``now`` (not waiting for a retry)."""
+    """The filter of jobs whose notification is due at ``now`` (not waiting for a retry), as
+    the engine made it due (a client's ``notification.state`` alone does not count)."""
     return {
-        "notification.state": "due",
+        "notification.state": NOTIFY_DUE,
+        "engine_notification": NOTIFY_DUE,
         "$or": [{"notification.next_attempt": {"$exists": False}},
                 {"notification.next_attempt": {"$lte": now}}],
     }
+
+
+def _with_fresh_history(update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` with its history entry as the whole history (the old one was no list)."""
+    fresh = {key: dict(value) for key, value in update.items() if key != "$push"}
+    entries = update.get("$push", {}).get("history", {}).get("$each", [])
+    fresh.setdefault("$set", {})["history"] = list(entries)
+    return fresh
+
+
+def _bson_size(doc: Mapping[str, Any]) -> int:
+    import bson
+
+    try:
+        return len(bson.encode(dict(doc)))
+    except (bson.errors.InvalidDocument, OverflowError):
+        return 1 << 30
+
+
+def _shown(value: object) -> str:
+    """A client's value as a message quotes it: short, one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -486,24 +767,16 @@ def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
     doc[last] = value
 
 
-def _regex_escape(text: str) -> str:
-    return re.escape(text)
-
-
-def ping(store: JobStore) -> None:
-    """Raise PyMongoError unless the server answers."""
-    store.db.client.admin.command("ping")
-
-
 __all__ = [
     "HISTORY_LIMIT",
+    "Backlog",
     "JobStore",
     "PyMongoError",
     "Transition",
+    "WriteError",
     "as_job_id",
     "connect",
     "end_fields",
-    "predecessors",
     "transition",
     "utcnow",
 ]

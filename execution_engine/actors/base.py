@@ -18,21 +18,26 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import FrameType
 from typing import Any, ClassVar
 
-from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 from setproctitle import setproctitle
 
 from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
-from execution_engine.logs import log_to_queue
+from execution_engine.job import Job
+from execution_engine.logs import job_extra, log_to_queue
 from execution_engine.proc import close_on_exec_all, die_with_parent, parent_gone
+from execution_engine.reasons import Reason
+from execution_engine.registry import Registry, load_registry
 from execution_engine.routing.guard import RESTART_AFTER_ABANDONED
-from execution_engine.store import JobStore, Transition, makes_notification_due
+from execution_engine.states import JobState
+from execution_engine.store import JobStore, utcnow
+from execution_engine.transitions import Change, end_fields, makes_notification_due, transition
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class Actor(ABC):
         self.stopping = False
         self.store: JobStore
         self.bell = ctx.bells[self.kind]
+        self._registry: Registry | None = None
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
@@ -79,7 +85,8 @@ class Actor(ABC):
         os.umask(self.config.engine.umask)
         self.store = JobStore.open(self.ctx.mongodb_uri, self.config.mongodb.database,
                                    timeout=self.config.mongodb.server_selection_timeout,
-                                   app_name=f"execd-{self.name}")
+                                   app_name=f"execd-{self.name}",
+                                   max_document_bytes=self.config.engine.max_document_bytes)
         log.debug("started as %s", self.owner)
         try:
             self.setup()
@@ -126,7 +133,7 @@ class Actor(ABC):
         for pool in pools:
             self.ctx.bells[pool].ring()
 
-    def hand_on(self, changes: Sequence[Transition | UpdateOne], *pools: str) -> None:
+    def hand_on(self, changes: Sequence[Change], *pools: str) -> None:
         """After writing ``changes``: ring ``pools``, and the notification pool when one of the
         changes made a notification due (a needless ring costs the notification actor a claim
         that finds nothing)."""
@@ -140,6 +147,31 @@ class Actor(ABC):
             log.warning("%d routing rule threads are hung; restarting this actor to free them",
                         abandoned)
             self.stopping = True
+
+    def isolated(self, handle: Callable[[Job], Change], job: Job) -> Change:
+        """``handle(job)``, or, when it raises, the job ended in ``error`` with the reason: one
+        document never stops the others (nor, by crashing the actor, the pool)."""
+        try:
+            return handle(job)
+        except Exception as exc:
+            log.exception("unexpected failure on this job", extra=job_extra(job.id))
+            state = job.state
+            if state is None:  # cannot happen for a claimed job; keep the lease rules anyway
+                raise
+            return transition(job.id, state, JobState.ERROR, by=self.owner,
+                              lease_token=job.lease_token, reason=Reason.INTERNAL_ERROR.value,
+                              message=f"internal error while {state.value}: {exc!r}"[:1000],
+                              fields=end_fields(job.notify))
+
+    def registry(self) -> Registry:
+        """The plugins of this actor's configuration (loaded once, at first use)."""
+        if self._registry is None:
+            self._registry = load_registry(self.config)
+        return self._registry
+
+    @staticmethod
+    def now() -> datetime:
+        return utcnow()
 
     # ------------------------------------------------------------------ for subclasses
     def setup(self) -> None:  # noqa: B027 - optional hook

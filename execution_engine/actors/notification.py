@@ -11,6 +11,12 @@ Every ended job carries ``notification.state = "due"`` (or ``"none"`` when the c
 When neither applies, the Status actor ends the job with ``notification.state = "none"`` at once
 (no claim, no second write), and so does this actor for the few jobs ended elsewhere.
 
+Whom to mail and what (the policy, and the checks that keep a client's values out of the mail's
+headers) is :mod:`execution_engine.notifications`. A mail that cannot be made (an owner holding
+an ``@`` that is not exactly one address, a sender the mail library refuses) is never sent: the
+notification is ``failed`` at once with the reason in ``notification.error``, and so is a job
+whose handling raised; the others go on.
+
 Each channel is recorded as done when it succeeds, so a retry only repeats what failed. A failure
 is retried with exponential backoff up to ``max_attempts``, then the notification is ``failed``
 with the reason; a slow or dead SMTP server never holds other jobs for long (the rest of the batch
@@ -27,61 +33,24 @@ from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any, ClassVar
 
-from pymongo import UpdateOne
-
 from execution_engine.actors.base import Actor, LeaseKeeper
 from execution_engine.config import NotificationSection
 from execution_engine.logs import job_extra
+from execution_engine.notifications import (
+    DEFAULT_BODY,
+    MailError,
+    compose,
+    is_email,
+    notification_channels,
+    render,
+)
 from execution_engine.registry import load_registry
 from execution_engine.store import utcnow
+from execution_engine.transitions import NotificationOutcome
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BODY = (
-    "Your job {name} ({job_id}) ended: {state}.\n"
-    "Exit code: {exit_code}\n"
-    "{message}\n"
-    "Job directory: {job_dir}\n"
-)
-
-
-def is_email(address: object) -> bool:
-    return isinstance(address, str) and "@" in address and " " not in address
-
-
-def notification_channels(job: Mapping[str, Any], settings: NotificationSection,
-                          hook_count: int) -> list[str]:
-    """How the owner of ``job`` is to be told that it ended: ``email`` (an email owner and an SMTP
-    server), ``hooks`` (plugins implement ``execd_job_ended``); empty when nothing applies or
-    the job says ``notify: false``."""
-    if job.get("notify", True) is False:
-        return []
-    channels = []
-    if settings.smtp_host and is_email(job.get("owner")):
-        channels.append("email")
-    if hook_count:
-        channels.append("hooks")
-    return channels
-
-
-class _Fields(dict[str, Any]):
-    """Template values; an unknown ``{field}`` in a template stays as written."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
-def render(template: str, job: Mapping[str, Any]) -> str:
-    fields = _Fields(
-        job_id=str(job["_id"]), name=job.get("name") or str(job["_id"]),
-        state=job.get("state", ""), exit_code=job.get("exit_code"),
-        message=job.get("status_message", ""), job_dir=job.get("job_dir", ""),
-        owner=job.get("owner", ""), project=job.get("project", "default"),
-    )
-    try:
-        return template.format_map(fields)
-    except (ValueError, IndexError):  # a malformed template: send it as written
-        return template
+CHANNELS = ("email", "hooks")
 
 
 class Mailer:
@@ -90,15 +59,13 @@ class Mailer:
     def __init__(self, settings: NotificationSection) -> None:
         self.settings = settings
         self._smtp: smtplib.SMTP | None = None
+        self.down: str | None = None
+        """Why the server failed in this batch (the rest of the batch is put off)."""
 
-    def send(self, job: Mapping[str, Any]) -> None:
+    def send(self, message: EmailMessage, to: str) -> None:
+        """Send ``message`` to ``to`` alone (the envelope names that one recipient, whatever
+        the headers say)."""
         s = self.settings
-        message = EmailMessage()
-        message["From"] = s.sender
-        message["To"] = job["owner"]
-        message["Subject"] = render(s.subject, job).replace("\n", " ")
-        message["X-Execd-Job"] = str(job["_id"])
-        message.set_content(render(s.body or DEFAULT_BODY, job))
         if self._smtp is None:
             smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             if s.smtp_starttls:
@@ -106,7 +73,7 @@ class Mailer:
             if s.smtp_user:
                 smtp.login(s.smtp_user, s.smtp_password)
             self._smtp = smtp
-        self._smtp.send_message(message)
+        self._smtp.send_message(message, to_addrs=[to])
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -134,43 +101,66 @@ class NotificationActor(Actor):
         if not jobs:
             return False
         mailer = Mailer(self.config.notification)
-        smtp_down: str | None = None
         changes = []
         keeper = LeaseKeeper(self.store, jobs, self.config.monitor.lease_seconds)
         try:
             keeper.__enter__()
             for job in jobs:
-                done = set(job.get("notification", {}).get("done", []))
-                channels = notification_channels(job, self.config.notification, self.hook_count)
-                errors = []
-                if "email" in channels and "email" not in done:
-                    if smtp_down is not None:
-                        errors.append(smtp_down)
-                    else:
-                        try:
-                            mailer.send(job)
-                            done.add("email")
-                        except (OSError, smtplib.SMTPException) as exc:
-                            smtp_down = f"email to {job['owner']}: {exc!r}"
-                            errors.append(smtp_down)
-                            mailer.close()
-                if "hooks" in channels and "hooks" not in done:
-                    try:
-                        self.hooks.execd_job_ended(job=job)
-                        done.add("hooks")
-                    except Exception as exc:  # a notifier plugin's failure: retried later
-                        errors.append(f"execd_job_ended hook: {exc!r}")
-                changes.append(self._outcome(job, done, errors, nothing_to_do=not channels))
+                try:
+                    changes.append(self.notify_one(job, mailer))
+                except Exception as exc:  # one document never stops the others
+                    log.exception("cannot notify", extra=job_extra(job.get("_id")))
+                    changes.append(self._failed(job, f"internal error while notifying: {exc!r}"))
         finally:
             keeper.__exit__()
             mailer.close()
             self.store.apply(changes)
         return True
 
-    def _outcome(self, job: Mapping[str, Any], done: set[str], errors: list[str], *,
-                 nothing_to_do: bool) -> UpdateOne:
+    def notify_one(self, job: Mapping[str, Any], mailer: Mailer) -> NotificationOutcome:
+        """Tell the owner of one claimed job, through each channel not done yet."""
         settings = self.config.notification
-        attempts = int(job.get("notification", {}).get("attempts", 0)) + 1
+        done = _done(job)
+        channels = notification_channels(job, settings, self.hook_count)
+        errors: list[str] = []
+        if "email" in channels and "email" not in done:
+            try:
+                message, to = compose(job, settings)
+            except MailError as exc:  # the same next time: not retried
+                return self._failed(job, f"email: {exc}", done)
+            if mailer.down is not None:
+                errors.append(mailer.down)
+            else:
+                try:
+                    mailer.send(message, to)
+                    done.add("email")
+                except (OSError, smtplib.SMTPException) as exc:
+                    mailer.down = f"email to {to}: {exc!r}"
+                    errors.append(mailer.down)
+                    mailer.close()
+        if "hooks" in channels and "hooks" not in done:
+            try:
+                self.hooks.execd_job_ended(job=job)
+                done.add("hooks")
+            except Exception as exc:  # a notifier plugin's failure: retried later
+                errors.append(f"execd_job_ended hook: {exc!r}")
+        return self._outcome(job, done, errors, nothing_to_do=not channels)
+
+    def _failed(self, job: Mapping[str, Any], reason: str, done: set[str] | None = None
+                ) -> NotificationOutcome:
+        """The notification of ``job`` failed for good (retrying would fail alike)."""
+        log.error("notification failed: %s", reason, extra=job_extra(job.get("_id")))
+        return NotificationOutcome(job["_id"], job["lease"]["token"], {
+            "notification.state": "failed",
+            "notification.error": reason,
+            "notification.attempts": _attempts(job) + 1,
+            "notification.done": sorted(done or ()),
+        })
+
+    def _outcome(self, job: Mapping[str, Any], done: set[str], errors: list[str], *,
+                 nothing_to_do: bool) -> NotificationOutcome:
+        settings = self.config.notification
+        attempts = _attempts(job) + 1
         sets: dict[str, Any] = {"notification.attempts": attempts,
                                 "notification.done": sorted(done)}
         if nothing_to_do:
@@ -190,5 +180,26 @@ class NotificationActor(Actor):
             sets["notification.next_attempt"] = utcnow() + timedelta(seconds=delay)
             log.warning("notification failed (attempt %d), retrying in %.0fs: %s", attempts,
                         delay, "; ".join(errors), extra=job_extra(job["_id"]))
-        return UpdateOne({"_id": job["_id"], "lease.token": job["lease"]["token"]},
-                         {"$set": sets, "$unset": {"lease": ""}})
+        return NotificationOutcome(job["_id"], job["lease"]["token"], sets)
+
+
+def _notification(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    value = job.get("notification")
+    return value if isinstance(value, Mapping) else {}
+
+
+def _attempts(job: Mapping[str, Any]) -> int:
+    """Attempts made so far (a value that is not a small count is taken as none)."""
+    attempts = _notification(job).get("attempts", 0)
+    ok = isinstance(attempts, int) and not isinstance(attempts, bool) and 0 <= attempts < 1000
+    return attempts if ok else 0
+
+
+def _done(job: Mapping[str, Any]) -> set[str]:
+    """The channels already done (only known channel names count)."""
+    done = _notification(job).get("done")
+    return {c for c in done if c in CHANNELS} if isinstance(done, list) else set()
+
+
+__all__ = ["CHANNELS", "DEFAULT_BODY", "Mailer", "NotificationActor", "is_email",
+           "notification_channels", "render"]

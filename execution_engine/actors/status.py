@@ -11,6 +11,11 @@ jobs from MongoDB and asks the system about all of them in ONE batched call.
   cannot be asked is retried with a growing delay. Jobs are never failed for an outage.
 * A job with ``cancel_requested`` gets ``kill`` (TERM), then ``kill(force=True)`` after the
   system's ``kill_grace`` seconds if it is still there.
+* A job with ``hold_requested: true`` is held on its system (``hold``), and released
+  (``release``) once the client sets it to ``false``; a system that cannot hold says so in the
+  job's ``hold.error``.
+* The engine's own record (``engine_state``) says which jobs are followed: a client's rewrite of
+  ``state`` neither hides a job from its Status actor nor ends it.
 """
 
 from __future__ import annotations
@@ -21,23 +26,21 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
-from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from execution_engine.actors.base import Actor
 from execution_engine.actors.notification import notification_channels
-from execution_engine.apps.outputs import app_outputs, bounded_outputs, failed_phase_message
+from execution_engine.apps.outputs import app_outputs, failed_phase_message, job_outputs
 from execution_engine.errors import SystemUnavailable
-from execution_engine.jobdoc import spec_of
+from execution_engine.job import Job
 from execution_engine.logs import job_extra
-from execution_engine.registry import create_systems, load_registry
+from execution_engine.reasons import Reason, exit_reason
+from execution_engine.registry import create_systems
 from execution_engine.states import JobState
-from execution_engine.store import Transition, end_fields, transition, utcnow
-from execution_engine.systems.base import ENGINE_DIR, ExecutionSystem, StatusReport, host_name
+from execution_engine.systems.base import ExecutionSystem, StatusReport, host_name
+from execution_engine.transitions import Change, Mark, Transition, end_fields, transition
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class StatusActor(Actor):
     kind: ClassVar[str] = "status"
 
     def setup(self) -> None:
-        registry = load_registry(self.config)
+        registry = self.registry()
         self.systems: dict[str, ExecutionSystem] = create_systems(registry, self.config)
         self.hook_count = len(registry.manager.hook.execd_job_ended.get_hookimpls())
         self.host = host_name()
@@ -112,8 +115,9 @@ class StatusActor(Actor):
         if not self.hold_lease(system, host):
             self.next_due[system.name] = time.monotonic() + system.status_interval
             return
-        jobs = self.store.active_jobs(system.name, host)
-        changes: list[Transition | UpdateOne] = self.kill_requested(system, jobs)
+        jobs = [Job(doc) for doc in self.store.active_jobs(system.name, host)]
+        changes: list[Change] = [*self.kill_requested(system, jobs),
+                                 *self.hold_requested(system, jobs)]
         if ask_system:
             self.next_due[system.name] = time.monotonic() + system.status_interval
             if jobs:
@@ -136,9 +140,9 @@ class StatusActor(Actor):
         self.lease_renew_at.pop(system.name, None)
         return False
 
-    def follow(self, system: ExecutionSystem, jobs: list[dict[str, Any]]
-               ) -> list[Transition | UpdateOne]:
-        specs = {str(doc["_id"]): spec_of(doc) for doc in jobs}
+    def follow(self, system: ExecutionSystem, jobs: list[Job]) -> list[Change]:
+        root = self.config.engine.jobs_dir
+        specs = {job.id_text: job.spec(root) for job in jobs}
         try:
             reports = system.get_statuses(specs.values())
         except SystemUnavailable as exc:
@@ -153,101 +157,135 @@ class StatusActor(Actor):
             return []
         if self.backoff.pop(system.name, None) is not None:
             log.info("execution system %s answers again", system.name)
-        changes: list[Transition | UpdateOne] = []
-        for doc in jobs:
-            report = reports.get(str(doc["_id"]))
-            if report is not None and report.state is not None:
-                change = self.apply_report(doc, report)
-                if change is not None:
-                    changes.append(change)
+        changes: list[Change] = []
+        for job in jobs:
+            report = reports.get(job.id_text)
+            if report is None or report.state is None:
+                continue
+            try:
+                change = self.apply_report(job, report)
+            except Exception as exc:  # this job's oddity (its directory, say) stops no other
+                log.exception("cannot record the status of this job", extra=job_extra(job.id))
+                change = self._failed(job, exc)
+            if change is not None:
+                changes.append(change)
         return changes
 
-    def apply_report(self, doc: Mapping[str, Any], report: StatusReport) -> Transition | None:
-        current = JobState(doc["state"])
-        new = report.state
-        assert new is not None
+    def _failed(self, job: Job, exc: Exception) -> Transition | None:
+        current = job.engine_state
+        if current is None:
+            return None
+        return transition(job.id, current, JobState.ERROR, by=self.owner,
+                          reason=Reason.INTERNAL_ERROR.value, fields=end_fields(job.notify),
+                          message=f"internal error while recording its end: {exc!r}"[:1000])
+
+    def apply_report(self, job: Job, report: StatusReport) -> Transition | None:
+        current, new = job.engine_state, report.state
+        if current is None or new is None:
+            return None
         if not new.is_ended:
             if new is current:
                 return None
             fields: dict[str, Any] = {}
-            if new is JobState.RUNNING and not doc.get("started_at"):
-                fields["started_at"] = utcnow()
-            return transition(doc["_id"], current, new, by=self.owner, fields=fields)
-        cancelled = doc.get("cancel_requested") is True
-        if cancelled:
-            final, message = JobState.KILLED, "killed on request"
-        elif new is JobState.FINISHED:
-            final, message = JobState.FINISHED, ""
-        elif new is JobState.KILLED:
-            final, message = JobState.ERROR, report.message or "killed by the execution system"
-        else:
-            final, message = JobState.ERROR, report.message
-        job_dir = Path(doc["job_dir"])
-        patterns = doc.get("output_patterns")  # set on application jobs (execution_engine.apps)
+            if new is JobState.RUNNING and job.started_at is None:
+                fields["started_at"] = self.now()
+            return transition(job.id, current, new, by=self.owner, fields=fields,
+                              message=report.message or "")
+        final, message, reason = self.outcome(job, report)
+        job_dir = job.job_dir(self.config.engine.jobs_dir)
+        patterns = job.output_patterns  # set on application jobs (execution_engine.apps)
         if final is JobState.ERROR and patterns is not None:  # name the phase that failed
             message = failed_phase_message(job_dir, message)
+        notify = bool(notification_channels(job.doc, self.config.notification, self.hook_count))
         fields = {
-            **end_fields(bool(notification_channels(doc, self.config.notification,
-                                                    self.hook_count))),
+            **end_fields(notify),
             "exit_code": report.exit_code,
-            "outputs": list_outputs(job_dir) if patterns is None else
+            "outputs": job_outputs(job_dir) if patterns is None else
             app_outputs(job_dir, patterns),
         }
-        log.debug("ended %s (%s)", final.value, message, extra=job_extra(doc["_id"]))
-        return transition(doc["_id"], current, final, by=self.owner, message=message,
-                          fields=fields)
+        log.debug("ended %s (%s)", final.value, message, extra=job_extra(job.id))
+        return transition(job.id, current, final, by=self.owner, message=message,
+                          reason=reason, fields=fields)
 
-    def kill_requested(self, system: ExecutionSystem, jobs: list[dict[str, Any]]
-                       ) -> list[Transition | UpdateOne]:
+    @staticmethod
+    def outcome(job: Job, report: StatusReport) -> tuple[JobState, str, str]:
+        """The end state, message and reason of a job its system reports ended."""
+        said = getattr(report, "reason", None)
+        if job.cancel_requested:
+            return JobState.KILLED, "killed on request", Reason.CANCELLED.value
+        if report.state is JobState.FINISHED:
+            return JobState.FINISHED, "", Reason.COMPLETED.value
+        if report.state is JobState.KILLED:
+            return (JobState.ERROR, report.message or "killed by the execution system",
+                    said or Reason.KILLED_BY_SYSTEM.value)
+        return JobState.ERROR, report.message, said or exit_reason(report.exit_code)
+
+    def kill_requested(self, system: ExecutionSystem, jobs: list[Job]) -> list[Change]:
         """TERM each job whose cancellation was requested; KILL it after the grace period."""
-        changes: list[Transition | UpdateOne] = []
+        changes: list[Change] = []
         grace = float(getattr(system, "kill_grace", DEFAULT_KILL_GRACE))
-        now = utcnow()
-        for doc in jobs:
-            if doc.get("cancel_requested") is not True:
+        now = self.now()
+        root = self.config.engine.jobs_dir
+        for job in jobs:
+            if not job.cancel_requested or job.engine_state is None:
                 continue
-            kill = doc.get("kill") or {}
-            term_at = kill.get("term_at")
+            term_at = job.kill_term_at
             if term_at is None:
                 force, field = False, "kill.term_at"
-            elif not kill.get("kill_at") and (now - term_at).total_seconds() >= grace:
+            elif not job.kill_sent and (now - term_at).total_seconds() >= grace:
                 force, field = True, "kill.kill_at"
             else:
                 continue
-            try:
-                system.kill(spec_of(doc), force=force)
-            except SystemUnavailable as exc:
-                log.warning("cannot kill now, will retry: %s", exc.reason,
-                            extra=job_extra(doc["_id"]))
-                continue
-            except Exception:  # a system plugin's bug
-                log.exception("execution system %s failed to kill", system.name,
-                              extra=job_extra(doc["_id"]))
-                continue
-            log.info("sent %s", "KILL" if force else "TERM", extra=job_extra(doc["_id"]))
-            changes.append(UpdateOne({"_id": doc["_id"], "state": doc["state"]},
-                                     {"$set": {field: now}}))
+            if self._ask(system, "kill", job, lambda j=job, f=force: system.kill(j.spec(root),
+                                                                               force=f)):
+                log.info("sent %s", "KILL" if force else "TERM", extra=job_extra(job.id))
+                changes.append(Mark(job.id, job.engine_state, {field: now}))
         if changes:
             # Look again soon: the killed jobs end quickly, and KILL may be due after the grace.
             self.next_due[system.name] = min(self.next_due[system.name],
                                              time.monotonic() + min(grace, 0.2))
         return changes
 
-
-def list_outputs(job_dir: Path) -> list[dict[str, Any]]:
-    """The files of a job directory (not the engine's own), with their sizes."""
-    return bounded_outputs(_job_files(str(job_dir)))
-
-
-def _job_files(top: str) -> Iterator[dict[str, Any]]:
-    # str paths, not Path objects: every ended job comes through here.
-    for root, dirs, files in os.walk(top):
-        if root == top and ENGINE_DIR in dirs:
-            dirs.remove(ENGINE_DIR)
-        for name in sorted(files):
-            path = f"{root}/{name}"
-            try:
-                size = os.lstat(path).st_size
-            except OSError:
+    def hold_requested(self, system: ExecutionSystem, jobs: list[Job]) -> list[Change]:
+        """Hold the jobs whose client asked for it, and release those it no longer wants held."""
+        changes: list[Change] = []
+        root = self.config.engine.jobs_dir
+        for job in jobs:
+            state = job.engine_state
+            if state is None or job.cancel_requested or job.hold_requested == job.hold_sent:
                 continue
-            yield {"path": path[len(top) + 1:], "size": size}
+            if "hold_requested" not in job.doc and not job.hold_sent:
+                continue
+            hold = job.hold_requested
+            action = system.hold if hold else system.release
+            try:
+                done = self._ask(system, "hold" if hold else "release", job,
+                                 lambda j=job, a=action: a(j.spec(root)))
+            except NotImplementedError as exc:
+                changes.append(Mark(job.id, state, {"hold": {"held": job.hold_sent,
+                                                             "error": str(exc)}}))
+                continue
+            if done:
+                log.info("%s on request", "held" if hold else "released",
+                         extra=job_extra(job.id))
+                changes.append(Mark(job.id, state, {"hold": {"held": hold,
+                                                             "at": self.now()}}))
+        return changes
+
+    @staticmethod
+    def _ask(system: ExecutionSystem, what: str, job: Job, call: Any) -> bool:
+        """Run ``call`` (a kill, hold or release of ``job``); False when it must be tried again
+        later. NotImplementedError goes to the caller."""
+        try:
+            call()
+        except SystemUnavailable as exc:
+            log.warning("cannot %s now, will retry: %s", what, exc.reason,
+                        extra=job_extra(job.id))
+            return False
+        except NotImplementedError:
+            raise
+        except Exception:  # a system plugin's bug
+            log.exception("execution system %s failed to %s", system.name, what,
+                          extra=job_extra(job.id))
+            return False
+        return True

@@ -14,7 +14,6 @@ directory under its master's, with its master's application version.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,71 +23,48 @@ from execution_engine.apps.registry import AppRegistry, StoredApp, UnknownApp
 from execution_engine.apps.split import (
     RESERVED_TARGETS,
     SPLIT_SYSTEM,
-    SUBJOBS_DIR,
     SplitError,
     Splitter,
     check_subjob_ids,
     files_of,
-    insert_subjobs,
     split_values,
     subjob_documents,
+    subjob_id,
     write_chunks,
 )
 from execution_engine.apps.staging import StagingError, stage
-from execution_engine.config import EngineConfig
-from execution_engine.errors import BuildError, InvalidJob, RoutingError
-from execution_engine.jobdoc import check_job, job_dir_for, job_id_text, job_name, job_project
-from execution_engine.jobscript import (
-    forge_script,
-    job_environment,
-    make_job_dir,
-    write_script,
-)
+from execution_engine.errors import BuildError, InvalidJob
+from execution_engine.job import Job
+from execution_engine.jobdoc import job_id_text, job_name, job_project
+from execution_engine.jobscript import make_job_dir
 from execution_engine.states import JobState
-from execution_engine.store import JobStore, utcnow
-from execution_engine.systems.base import SCRIPT_NAME
+from execution_engine.store import utcnow
 
 if TYPE_CHECKING:
-    from execution_engine.routing.dispatcher import Dispatcher
-    from execution_engine.routing.guard import RuleGuard
-
-
-@dataclass(frozen=True)
-class AppBuild:
-    """What building an application job gives the Building actor's transition."""
-
-    job_dir: Path
-    state: JobState
-    fields: dict[str, Any] = field(default_factory=dict)
-    message: str | None = None
+    from execution_engine.builder import Built, JobBuilder
 
 
 class AppBuilder:
-    """Builds application jobs for one Building actor (not shared across processes)."""
+    """Builds application jobs for the :class:`JobBuilder` of one Building actor."""
 
-    def __init__(self, config: EngineConfig, store: JobStore) -> None:
-        self.config = config
-        self.store = store
-        self.registry = AppRegistry(store.db)
+    def __init__(self, builder: JobBuilder) -> None:
+        self.builder = builder
+        self.config = builder.config
+        self.store = builder.store
+        self.registry = AppRegistry(builder.store.db)
         self._versions: dict[tuple[str, int], StoredApp] = {}
-        self._dispatcher: Dispatcher | None = None
-        self._guard: RuleGuard | None = None
 
     # ------------------------------------------------------------------ entry point
-    def build(self, doc: Mapping[str, Any]) -> AppBuild:
-        """Build ``doc``; raises InvalidJob, BuildError or RoutingError (the job ends in
-        ``error`` with the message)."""
-        engine = self.config.engine
-        problems = check_job(doc, max_command_bytes=engine.max_command_bytes,
-                             max_document_bytes=engine.max_document_bytes)
-        if problems:
-            raise InvalidJob(doc.get("_id"), "invalid job: " + "; ".join(problems))
+    def build(self, doc: Mapping[str, Any]) -> Built:
+        """Build ``doc``, already checked against the job contract; raises InvalidJob,
+        BuildError or RoutingError (the job ends in ``error`` with the message)."""
         app = self.app_of(doc)
-        if doc.get("parent") is not None:
+        job = Job(doc)
+        if job.parent is not None:
             return self.build_subjob(doc, app)
         if doc.get("splitter") is not None:
             return self.build_master(doc, app)
-        return self.build_single(doc, app, job_dir_for(engine.jobs_dir, doc))
+        return self.build_single(doc, app, job.job_dir(self.config.engine.jobs_dir))
 
     def app_of(self, doc: Mapping[str, Any]) -> StoredApp:
         name, version = doc["app"]["name"], doc["app"].get("version")
@@ -103,12 +79,15 @@ class AppBuilder:
 
     # ------------------------------------------------------------------ one job
     def build_single(self, doc: Mapping[str, Any], app: StoredApp, job_dir: Path, *,
-                     master_dir: Path | None = None, index: int | None = None) -> AppBuild:
+                     master_dir: Path | None = None, index: int | None = None) -> Built:
+        from execution_engine.builder import Built
+
         job_id = doc["_id"]
         checked = check_inputs(app.definition, doc.get("inputs") or [],
                                allowed_dirs=self.config.engine.input_dirs)
         _refuse(job_id, app, checked.problems)
-        route, system = self.route(doc, job_dir)
+        # Routed while built: the execution system picks the environment snippet.
+        route, system = self.builder.router.route({**doc, "job_dir": str(job_dir)})
         markups = self.markups(doc, app, checked, job_dir, system=system,
                                master_dir=master_dir, index=index)
         try:
@@ -116,18 +95,9 @@ class AppBuilder:
         except ForgeError as exc:
             raise BuildError(job_id, f"application {app.name} version {app.version}: "
                              + "; ".join(exc.problems)) from exc
-        try:
-            make_job_dir(job_dir)
-            self.stage_all(job_id, checked, job_dir)
-            script = forge_script(
-                job_id=job_id_text(job_id), job_dir=str(job_dir), command=(), body=body,
-                environment=self.environment(doc, job_dir),
-            )
-            write_script(job_dir / SCRIPT_NAME, script)
-        except OSError as exc:
-            raise BuildError(job_id, f"cannot write the job directory {job_dir}: {exc}"
-                             ) from exc
-        return AppBuild(job_dir, JobState.TO_BE_SUBMITTED, {
+        self.builder.write(Job(doc), job_dir, body=body,
+                           stage=lambda target: self.stage_all(job_id, checked, target))
+        return Built(job_dir, JobState.TO_BE_SUBMITTED, {
             "app.version": app.version,
             "output_patterns": list(app.definition.outputs),
             "route": route,
@@ -165,37 +135,10 @@ class AppBuilder:
         }
         return {**values, **engine}
 
-    def environment(self, doc: Mapping[str, Any], job_dir: Path) -> dict[str, str]:
-        return job_environment(
-            job_id=job_id_text(doc["_id"]), name=job_name(doc), job_dir=str(job_dir),
-            project=job_project(doc), owner=doc.get("owner"),
-            job_path=self.config.engine.job_path, extra=doc.get("environment"),
-        )
-
-    @property
-    def abandoned_rule_threads(self) -> int:
-        """Routing-rule threads abandoned because their rule hung (see RuleGuard)."""
-        return self._guard.abandoned if self._guard is not None else 0
-
-    def route(self, doc: Mapping[str, Any], job_dir: Path) -> tuple[str, str]:
-        """The (route, system) of the job, decided as the Submit actor would."""
-        from execution_engine.registry import load_registry
-        from execution_engine.routing.dispatcher import Dispatcher
-        from execution_engine.routing.guard import RuleGuard, RuleTimeout
-
-        if self._dispatcher is None or self._guard is None:
-            self._dispatcher = Dispatcher.from_config(self.config,
-                                                      load_registry(self.config).rules)
-            self._guard = RuleGuard(self.config.plugins.rule_timeout)
-        try:
-            decision = self._guard.decide(self._dispatcher, {**doc, "job_dir": str(job_dir)})
-        except RuleTimeout as exc:
-            raise RoutingError(doc["_id"], str(exc)) from exc
-        outcome = decision.outcome(doc["_id"])
-        return outcome.route, outcome.system
-
     # ------------------------------------------------------------------ split jobs
-    def build_master(self, doc: Mapping[str, Any], app: StoredApp) -> AppBuild:
+    def build_master(self, doc: Mapping[str, Any], app: StoredApp) -> Built:
+        from execution_engine.builder import Built
+
         job_id = doc["_id"]
         splitter = Splitter.from_doc(doc["splitter"])
         checked = check_inputs(app.definition, doc.get("inputs") or [],
@@ -207,9 +150,9 @@ class AppBuilder:
         if values and (reason := check_subjob_ids(job_id, len(values))) is not None:
             problems.append(reason)
         _refuse(job_id, app, problems)
-        master_dir = job_dir_for(self.config.engine.jobs_dir, doc)
+        master_dir = Job(doc).job_dir(self.config.engine.jobs_dir)
         try:
-            make_job_dir(master_dir)
+            make_job_dir(master_dir, self.config.engine.jobs_dir)
             self.stage_all(job_id, checked, master_dir)
             per_subjob: list[Any] = values
             source = checked.split_source
@@ -226,14 +169,17 @@ class AppBuilder:
             shared = {k: v for k, v in checked.values.items() if k != splitter.input}
             subjobs = subjob_documents(doc, app.version, shared, split_input=splitter.input,
                                        per_subjob=per_subjob, master_dir=master_dir)
-            insert_subjobs(self.store.jobs, subjobs)
+            taken = self.store.insert_subjobs(subjobs)
+            if taken:
+                raise SplitError([f"could not write {len(taken)} subjobs (ids taken by other "
+                                  "jobs?): " + ", ".join(str(i) for i in taken[:5])])
         except SplitError as exc:
             raise BuildError(job_id, "; ".join(exc.problems)) from exc
         except OSError as exc:
             raise BuildError(job_id, f"cannot write the job directory {master_dir}: {exc}"
                              ) from exc
         count = len(subjobs)
-        return AppBuild(master_dir, JobState.SUBMITTED, {
+        return Built(master_dir, JobState.SUBMITTED, {
             "app.version": app.version,
             "output_patterns": list(app.definition.outputs),
             "system": SPLIT_SYSTEM,
@@ -241,19 +187,23 @@ class AppBuilder:
             "subjobs": {"total": count, "counts": {JobState.TO_BE_BUILT.value: count}},
         }, f"split into {count} subjobs by input {splitter.input!r} ({splitter.kind})")
 
-    def build_subjob(self, doc: Mapping[str, Any], app: StoredApp) -> AppBuild:
-        job_id = doc["_id"]
-        master = self.store.jobs.find_one({"_id": doc["parent"]},
-                                          {"app": 1, "project": 1, "splitter": 1})
-        index = doc.get("index")
+    def build_subjob(self, doc: Mapping[str, Any], app: StoredApp) -> Built:
+        """A subjob is built only as the subjob its master wrote: a document that merely names
+        a master as its ``parent`` is refused."""
+        job = Job(doc)
+        master = self.store.split_master(job.parent)
+        index = job.index
         if master is None or not master.get("splitter") or \
                 (master.get("app") or {}).get("name") != app.name:
-            raise InvalidJob(job_id, f"parent: {doc['parent']} is not a split job of "
+            raise InvalidJob(job.id, f"parent: {job.parent} is not a split job of "
                                      f"application {app.name}")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise InvalidJob(job_id, f"index: {index!r} is not a subjob index")
-        master_dir = job_dir_for(self.config.engine.jobs_dir, master)
-        return self.build_single(doc, app, master_dir / SUBJOBS_DIR / str(index),
+        if index is None or index < 0:
+            raise InvalidJob(job.id, f"index: {doc.get('index')!r} is not a subjob index")
+        if job.id != subjob_id(job.parent, index):
+            raise InvalidJob(job.id, f"_id: a subjob of {job.parent} is written by the engine "
+                                     f"(as {subjob_id(job.parent, index)!r}), not by a client")
+        master_dir = Job(master).job_dir(self.config.engine.jobs_dir)
+        return self.build_single(doc, app, job.job_dir(self.config.engine.jobs_dir),
                                  master_dir=master_dir, index=index)
 
 

@@ -24,26 +24,22 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import PyMongoError
 
 from execution_engine.apps.outputs import bounded_outputs
-from execution_engine.apps.split import SPLIT_SYSTEM, SUBJOBS_DIR
+from execution_engine.apps.split import SPLIT_SYSTEM, SUBJOBS_DIR, subjob_id
+from execution_engine.job import Job
 from execution_engine.logs import job_extra
-from execution_engine.states import ACTIVE_STATES, ENDED_STATES, JobState
-from execution_engine.store import JobStore, Transition, end_fields, transition, utcnow
+from execution_engine.reasons import Reason
+from execution_engine.states import ENDED_STATES, JobState
+from execution_engine.store import JobStore, utcnow
+from execution_engine.transitions import Change, Mark, Transition, end_fields, transition
 
 log = logging.getLogger(__name__)
 
 LEASE = "split-masters"
 _FAILED_NAMED = 20  # failed subjobs named in a master's message at most
 _STARTED = {JobState.RUNNING, *ENDED_STATES}
-
-
-def ensure_split_indexes(store: JobStore) -> None:
-    """The index behind every subjob query (idempotent)."""
-    store.jobs.create_index([("parent", ASCENDING), ("index", ASCENDING)], name="subjobs",
-                            partialFilterExpression={"parent": {"$exists": True}})
 
 
 def describe_counts(total: int, counts: Mapping[str, int]) -> str:
@@ -61,7 +57,6 @@ class SplitFollower:
         self.sweep = sweep
         self.due = True
         self._last = 0.0
-        self._indexed = False
 
     def note(self) -> None:
         """Jobs changed: a pass is due."""
@@ -86,54 +81,44 @@ class SplitFollower:
 
     def follow(self, store: JobStore) -> int:
         """One pass over every active master; the number of masters changed."""
-        masters = list(store.jobs.find(
-            {"system": SPLIT_SYSTEM, "state": {"$in": [s.value for s in ACTIVE_STATES]}},
-            {"state": 1, "cancel_requested": 1, "notify": 1, "subjobs": 1, "kill": 1}))
+        masters = store.active_split_masters(SPLIT_SYSTEM)
         if not masters or not store.take_lease(LEASE, self.owner, 30.0):
             return 0
-        if not self._indexed:
-            ensure_split_indexes(store)
-            self._indexed = True
-        self._pass_on_cancellations(store, masters)
-        counts: dict[Any, dict[str, int]] = {m["_id"]: {} for m in masters}
-        for row in store.jobs.aggregate([
-            {"$match": {"parent": {"$in": list(counts)}}},
-            {"$group": {"_id": {"parent": "$parent", "state": "$state"}, "n": {"$sum": 1}}},
-        ]):
-            counts[row["_id"]["parent"]][str(row["_id"]["state"])] = row["n"]
-        changes: list[Transition | UpdateOne] = []
+        ids = {m["_id"]: subjob_ids(m) for m in masters}
+        self._pass_on_cancellations(store, masters, ids)
+        counts = store.subjob_state_counts(ids)
+        changes: list[Change] = []
         for master in masters:
-            change = self._follow_one(store, master, counts[master["_id"]])
+            change = self._follow_one(store, master, counts[master["_id"]], ids[master["_id"]])
             if change is not None:
                 changes.append(change)
         return store.apply(changes) if changes else 0
 
-    def _pass_on_cancellations(self, store: JobStore, masters: list[dict[str, Any]]) -> None:
-        passed = False
+    def _pass_on_cancellations(self, store: JobStore, masters: list[dict[str, Any]],
+                               ids: Mapping[Any, list[Any]]) -> None:
+        changes: list[Change] = []
         for master in masters:
-            if master.get("cancel_requested") is not True or (master.get("kill") or {}).get(
-                    "term_at"):
+            job = Job(master)
+            if not job.cancel_requested or job.kill_term_at is not None \
+                    or job.engine_state is None:
                 continue
-            result = store.jobs.update_many(
-                {"parent": master["_id"], "state": {"$nin": [s.value for s in ENDED_STATES]},
-                 "cancel_requested": {"$ne": True}},
-                {"$set": {"cancel_requested": True}})
-            store.jobs.update_one({"_id": master["_id"], "state": master["state"]},
-                                  {"$set": {"kill.term_at": utcnow()}})
-            log.info("cancellation passed on to %d subjobs", result.modified_count,
-                     extra=job_extra(master["_id"]))
-            passed = True
-        if passed:
+            passed = store.cancel_subjobs(job.id, ids[job.id])
+            changes.append(Mark(job.id, job.engine_state, {"kill.term_at": utcnow()}))
+            log.info("cancellation passed on to %d subjobs", passed, extra=job_extra(job.id))
+        if changes:
+            store.apply(changes)
             store.cancel_unsubmitted(by=self.owner)
 
-    def _follow_one(self, store: JobStore, master: Mapping[str, Any], counts: dict[str, int]
-                    ) -> Transition | UpdateOne | None:
-        current = JobState(master["state"])
+    def _follow_one(self, store: JobStore, master: Mapping[str, Any], counts: dict[str, int],
+                    ids: list[Any]) -> Change | None:
+        current = Job(master).engine_state
+        if current is None:
+            return None
         total = int((master.get("subjobs") or {}).get("total") or sum(counts.values()))
         summary = {"total": total, "counts": counts}
         ended = sum(counts.get(s.value, 0) for s in ENDED_STATES)
         if total and ended >= total:
-            return self._end(store, master, current, summary)
+            return self._end(store, master, current, summary, ids)
         started = any(counts.get(s.value) for s in _STARTED)
         text = describe_counts(total, counts)
         if started and current is not JobState.RUNNING:
@@ -141,24 +126,20 @@ class SplitFollower:
                               message=text, fields={"subjobs": summary, "started_at": utcnow()})
         if master.get("subjobs") == summary:
             return None
-        return UpdateOne({"_id": master["_id"], "state": current.value},
-                         {"$set": {"subjobs": summary, "status_message": text}})
+        return Mark(master["_id"], current, {"subjobs": summary, "status_message": text})
 
     def _end(self, store: JobStore, master: Mapping[str, Any], current: JobState,
-             summary: dict[str, Any]) -> Transition:
+             summary: dict[str, Any], ids: list[Any]) -> Transition:
         total = summary["total"]
-        failed = list(store.jobs.find(
-            {"parent": master["_id"], "state": {"$in": [JobState.ERROR.value,
-                                                        JobState.KILLED.value]}},
-            {"index": 1, "state": 1, "status_message": 1, "exit_code": 1},
-        ).sort("index", 1))
+        failed = store.failed_subjobs(master["_id"], ids)
         exit_code: int | None = 0
+        reason = Reason.COMPLETED
         if master.get("cancel_requested") is True:
-            final, message = JobState.KILLED, "killed on request"
+            final, message, reason = JobState.KILLED, "killed on request", Reason.CANCELLED
         elif not failed:
             final, message = JobState.FINISHED, f"all {total} subjobs finished"
         else:
-            final = JobState.ERROR
+            final, reason = JobState.ERROR, Reason.NONZERO_EXIT
             named = [f"#{d.get('index')} {d['_id']} ({d.get('status_message') or d['state']})"
                      for d in failed[:_FAILED_NAMED]]
             more = f"; and {len(failed) - _FAILED_NAMED} more" if len(failed) > _FAILED_NAMED \
@@ -167,18 +148,28 @@ class SplitFollower:
             exit_code = failed[0].get("exit_code")
         log.debug("split master ended %s (%s)", final.value, message,
                   extra=job_extra(master["_id"]))
-        return transition(master["_id"], current, final, by=self.owner, message=message, fields={
-            **end_fields(master.get("notify", True) is not False),
-            "exit_code": exit_code,
-            "subjobs": summary,
-            "outputs": subjob_outputs(store, master["_id"]),
-        })
+        return transition(master["_id"], current, final, by=self.owner, message=message,
+                          reason=reason.value, fields={
+                              **end_fields(Job(master).notify),
+                              "exit_code": exit_code,
+                              "subjobs": summary,
+                              "outputs": subjob_outputs(store, master["_id"], ids),
+                          })
 
 
-def subjob_outputs(store: JobStore, master_id: Any) -> list[dict[str, Any]]:
+def subjob_ids(master: Mapping[str, Any]) -> list[Any]:
+    """The ids the engine gave a master's subjobs (``<master id>.<index>``)."""
+    summary = master.get("subjobs")
+    total = summary.get("total") if isinstance(summary, Mapping) else None
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        return []
+    return [subjob_id(master["_id"], index) for index in range(total)]
+
+
+def subjob_outputs(store: JobStore, master_id: Any, ids: list[Any]) -> list[dict[str, Any]]:
     """The outputs of a master's subjobs, as paths of the master's directory."""
-    subjobs = store.jobs.find({"parent": master_id}, {"index": 1, "outputs": 1}).sort("index", 1)
     return bounded_outputs(
         {**output, "path": f"{SUBJOBS_DIR}/{doc['index']}/{output['path']}"}
-        for doc in subjobs for output in doc.get("outputs") or []
-        if not output.get("truncated"))
+        for doc in store.subjob_outputs(master_id, ids)
+        for output in doc.get("outputs") or []
+        if isinstance(output, Mapping) and not output.get("truncated"))

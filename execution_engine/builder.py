@@ -1,0 +1,105 @@
+"""Building a job: checking its document, making its directory and forging its script.
+
+The one builder of the Building actor, for every kind of job: a command job is checked against
+the job contract and gets its directory and script here; an application job (``app``) is handed
+to :class:`execution_engine.apps.builder.AppBuilder` for its inputs, its route and its forged
+body, and comes back here for its directory and script. Building is idempotent, so a job whose
+builder died is simply built again. The defaults the engine applies (``name``, ``project``) are
+written back to the document, so that a query on them finds every job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from execution_engine.config import EngineConfig
+from execution_engine.errors import BuildError, InvalidJob
+from execution_engine.job import Job
+from execution_engine.jobdoc import check_job
+from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
+from execution_engine.routing.router import Router
+from execution_engine.states import JobState
+from execution_engine.store import JobStore
+from execution_engine.systems.base import SCRIPT_NAME
+
+
+@dataclass(frozen=True)
+class Built:
+    """What building a job gives the Building actor's transition."""
+
+    job_dir: Path
+    state: JobState
+    fields: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+
+
+class JobBuilder:
+    """Builds jobs for one Building actor (not shared across processes)."""
+
+    def __init__(self, config: EngineConfig, store: JobStore,
+                 router: Callable[[], Router]) -> None:
+        self.config = config
+        self.store = store
+        self._router = router
+        self._apps: Any = None
+
+    def build(self, doc: Mapping[str, Any]) -> Built:
+        """Build ``doc``; raises InvalidJob, BuildError or RoutingError (the job then ends in
+        ``error`` with the message)."""
+        self.check(doc)
+        job = Job(doc)
+        if job.is_app:
+            from execution_engine.apps.builder import AppBuilder
+
+            if self._apps is None:
+                self._apps = AppBuilder(self)
+            built: Built = self._apps.build(doc)
+        else:
+            job_dir = job.job_dir(self.config.engine.jobs_dir)
+            self.write(job, job_dir, command=doc["command"])
+            built = Built(job_dir, JobState.TO_BE_SUBMITTED)
+        return Built(built.job_dir, built.state,
+                     {"name": job.name, "project": job.project, **built.fields}, built.message)
+
+    @property
+    def router(self) -> Router:
+        return self._router()
+
+    def check(self, doc: Mapping[str, Any]) -> None:
+        """Raise InvalidJob naming every way ``doc`` breaks the job contract."""
+        engine = self.config.engine
+        problems = check_job(doc, max_command_bytes=engine.max_command_bytes,
+                             max_document_bytes=engine.max_document_bytes)
+        if problems:
+            raise InvalidJob(doc.get("_id"), "invalid job: " + "; ".join(problems))
+
+    def write(self, job: Job, job_dir: Path, *, command: Sequence[str] = (),
+              body: str | None = None, stage: Callable[[Path], None] | None = None) -> None:
+        """Make ``job_dir`` (never through a symbolic link), ``stage`` inputs into it, and write
+        the job script running ``command`` or ``body``; raises BuildError."""
+        jobs_dir = self.config.engine.jobs_dir
+        try:
+            make_job_dir(job_dir, jobs_dir)
+            if stage is not None:
+                stage(job_dir)
+            script = forge_script(job_id=job.id_text, job_dir=str(job_dir), command=command,
+                                  body=body, environment=self.environment(job, job_dir))
+            write_script(job_dir / SCRIPT_NAME, script, jobs_dir)
+        except OSError as exc:
+            raise BuildError(job.id, f"cannot write the job directory {job_dir}: {exc}"
+                             ) from exc
+
+    def environment(self, job: Job, job_dir: Path) -> dict[str, str]:
+        """The variables the job script sets for the job."""
+        extra = job.doc.get("environment")
+        return job_environment(
+            job_id=job.id_text, name=job.name, job_dir=str(job_dir), project=job.project,
+            owner=job.owner, job_path=self.config.engine.job_path,
+            extra=extra if isinstance(extra, Mapping) else None,
+        )
+
+
+__all__ = ["Built", "JobBuilder"]
