@@ -6,6 +6,8 @@ them. The public API for plugin authors is re-exported here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from execution_engine.errors import (
     ExecdError,
     NoCapacity,
@@ -22,11 +24,27 @@ from execution_engine.systems.base import (
     ended_report,
 )
 
+if TYPE_CHECKING:
+    from execution_engine.client import Client, Job
+
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    """``Client`` and ``Job``, the client library (docs/client.md), imported on first use:
+    plugins importing this package do not load it."""
+    if name in ("Client", "Job"):
+        from execution_engine import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "Client",
     "ExecdError",
     "ExecutionSystem",
+    "Job",
     "JobSpec",
     "JobState",
     "NoCapacity",

@@ -60,7 +60,10 @@ class JobBuilder:
         else:
             job_dir = job.job_dir(self.config.engine.jobs_dir)
             self.write(job, job_dir, command=doc["command"])
-            built = Built(job_dir, JobState.TO_BE_SUBMITTED)
+            # What the script runs, as the engine saw it: a later client edit of ``command``
+            # changes nothing that runs, and ``execd show`` tells the two apart.
+            built = Built(job_dir, JobState.TO_BE_SUBMITTED,
+                          {"built_command": list(doc["command"])})
         return Built(built.job_dir, built.state,
                      {"name": job.name, "project": job.project, **built.fields}, built.message)
 

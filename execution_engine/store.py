@@ -68,6 +68,8 @@ MongoDB's 16 MiB limit, and every later write of the engine would fail. (Those l
 SWEEP_LIMIT = 1000
 """Jobs refused or restored per query of a sweep (the next sweep takes the rest)."""
 NOT_ENDED = [s.value for s in JobState if s not in ENDED_STATES]
+REQUESTS = ("cancel_requested", "hold_requested")
+"""The fields a client may write into a job it already submitted: booleans."""
 
 
 def utcnow() -> datetime:
@@ -470,7 +472,8 @@ class JobStore:
         known = [s.value for s in JobState]
         done = 0
         for doc in self.jobs.find({"state": {"$nin": known}},
-                                  {"_id": 1, "state": 1, "engine_state": 1}).limit(limit):
+                                  {"_id": 1, "state": 1, "engine_state": 1, "reason": 1}
+                                  ).limit(limit):
             done += self._enforce_one(doc, by=by)
         return done
 
@@ -488,7 +491,7 @@ class JobStore:
         without, a sweep of every job not ended by either ``state`` or ``engine_state``.
         """
         differs = {"$expr": {"$ne": ["$state", "$engine_state"]}}
-        projection = {"_id": 1, "state": 1, "engine_state": 1}
+        projection = {"_id": 1, "state": 1, "engine_state": 1, "reason": 1}
         queries: list[dict[str, Any]]
         if job_ids is not None:
             queries = [{"_id": {"$in": list(job_ids)}}]
@@ -505,6 +508,30 @@ class JobStore:
         done += self.refuse_unworkable(by=by, job_ids=job_ids)
         return done
 
+    def refuse_bad_requests(self, job_ids: Iterable[Any], *, by: str) -> int:
+        """Remove client requests that are not booleans (``cancel_requested: "yes"``, ``1``),
+        recording each refusal in the job's history, so that none is silently ignored."""
+        now = utcnow()
+        done = 0
+        for doc in self.jobs.find({"_id": {"$in": list(job_ids)}, "$or": [
+                {name: {"$exists": True, "$not": {"$type": "bool"}}} for name in REQUESTS]},
+                {"state": 1, "engine_state": 1, **dict.fromkeys(REQUESTS, 1)}):
+            bad = {name: doc[name] for name in REQUESTS
+                   if name in doc and not isinstance(doc[name], bool)}
+            message = "refused " + ", ".join(f"{name} {_shown(value)} (must be true or false)"
+                                             for name, value in bad.items())
+            state = parse_state(doc.get("engine_state")) or parse_state(doc.get("state"))
+            entry = {"state": state.value if state else None, "at": now, "by": by,
+                     "message": message}
+            done += self.jobs.update_one(
+                {"_id": {"$eq": doc["_id"]}, **{name: {"$eq": value} for name, value in
+                                               bad.items()}},
+                {"$unset": dict.fromkeys(bad, ""),
+                 "$push": {"history": {"$each": [entry], "$slice": -HISTORY_LIMIT}}},
+            ).modified_count
+            log.warning("job %s: %s", doc["_id"], message)
+        return done
+
     def _enforce_one(self, doc: Mapping[str, Any], *, by: str) -> int:
         """Correct one job whose ``state`` is not the engine's (see enforce_engine_states)."""
         value, engine = doc.get("state"), doc.get("engine_state")
@@ -515,6 +542,8 @@ class JobStore:
         filt = {"_id": {"$eq": doc["_id"]}, "state": {"$eq": value},
                 "engine_state": {"$eq": engine}}
         engine_state = parse_state(engine)
+        if engine_state in ENDED_STATES and "reason" not in doc:
+            engine_state = None  # no job the engine ended lacks a reason: a forged document
         if engine_state is not None:
             message = (f"refused a client write of state {_shown(value)}: the job is "
                        f"{engine_state.value!r} (only documented requests change a job)")

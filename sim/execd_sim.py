@@ -6,8 +6,9 @@ works against any running daemon, local or remote. Three modes:
 * the scenario (default): Mobyle2's load generator, users and projects submitting blast, golden
   and clustalw jobs at random (see :mod:`sim.workload`);
 * ``--burst N``: N jobs in one insert;
-* ``--trace FILE.swf``: a real site's arrival pattern replayed from a Standard Workload Format
-  trace (see :mod:`sim.swf`).
+* ``--trace FILE.swf[.gz]``: a real site's arrival pattern replayed from a Standard Workload
+  Format trace, plain or gzip (see :mod:`sim.swf`), its cancelled jobs cancelled at their
+  recorded time.
 
 It then waits for every job it submitted to end and be notified (``--timeout``), prints a report
 (counts, throughput, latencies of each step) and writes it as JSON (``--report``) and as a chart
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help="database (default: the configuration's)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--burst", type=int, metavar="N", help="insert N jobs at once")
-    mode.add_argument("--trace", metavar="FILE.swf", help="replay a workload trace (SWF)")
+    mode.add_argument("--trace", metavar="FILE.swf", help="replay a workload trace (SWF, plain "
+                      "or gzip: FILE.swf.gz)")
     p.add_argument("--jobs", type=int, help="scenario: jobs to submit (default 500); "
                    "trace: replay only the first JOBS jobs")
     p.add_argument("--users", type=int, default=3, help="scenario/burst users (default 3)")
@@ -188,6 +190,7 @@ def simulate(args: argparse.Namespace, jobs: Any, run_id: str, workload: wl.Work
         "run_id": run_id, "mode": workload.mode, "description": workload.description,
         "database": database, "planned": workload.total, "submitted": runner.submitted,
         "submit_s": round(submit_s, 3), "max_submit_lag_s": round(runner.max_lag, 3),
+        "cancel_requests": runner.cancel_requests,
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "interrupted": interrupted, "timed_out": timed_out,
         "settings": {k: v for k, v in vars(args).items() if k not in ("uri",)},

@@ -31,7 +31,7 @@ NOTIFIED = ("sent", "failed", "none")
 """Notification states after which nothing more happens to a job."""
 PROJECTION = {"state": 1, "metadata.inserted_at": 1, "built_at": 1, "submitted_at": 1,
               "started_at": 1, "ended_at": 1, "notification.state": 1,
-              "notification.sent_at": 1, "exit_code": 1, "name": 1}
+              "notification.sent_at": 1, "exit_code": 1, "name": 1, "system": 1}
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,9 @@ def format_report(report: Mapping[str, Any]) -> str:
               "timed out" if report.get("timed_out") else "complete")
     lines.append(f"  submitted:     {report['submitted']} of {report['planned']} jobs in "
                  f"{report['submit_s']:.1f} s ({status})")
+    if report.get("cancel_requests"):
+        lines.append(f"  cancelled:     {report['cancel_requests']} jobs by the simulator, "
+                     "as recorded in the trace")
     lines.append("  final states:  " + _pairs(report["counts"]))
     lines.append("  notification:  " + _pairs(report["notification"]))
     span = report.get("span_s")

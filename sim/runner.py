@@ -1,13 +1,15 @@
 """Submitting a workload the way a portal does, and following its jobs to their end.
 
 The runner only talks to MongoDB, through the documented job contract: it inserts job documents
-in state ``to be built`` and reads their state. Every job it inserts carries
+in state ``to be built``, sets ``cancel_requested`` on the jobs the workload cancels (when it says
+so), and reads their state. Every job it inserts carries
 ``metadata.sim_run`` (the run id) and ``metadata.inserted_at`` (when it was inserted), so that the
 counts and the report cover this run's jobs only, even on a busy database.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +35,9 @@ class Runner:
         self.first_id = ObjectId()
         self.submitted = 0
         self.max_lag = 0.0
+        self.cancel_requests = 0
+        self._cancels: list[tuple[float, ObjectId]] = []
+        """Cancellations to write: (when, on the monotonic clock; job id), a heap."""
         self._counts: dict[str, int] = {}
         self._done = 0
 
@@ -42,14 +47,31 @@ class Runner:
 
     # ------------------------------------------------------------------ submitting
     def submit(self, workload: Workload) -> None:
-        """Insert each wave at its time. KeyboardInterrupt stops it (what was inserted stays)."""
+        """Insert each wave at its time, and request each cancellation of the workload at its
+        time (returning after the last one). KeyboardInterrupt stops it (what was inserted
+        stays; cancellations not yet due are not written)."""
         start = time.monotonic()
         for wave in workload.waves:
             self._sleep_until(start + wave.at)
             self.max_lag = max(self.max_lag, time.monotonic() - start - wave.at)
             self.insert(wave.jobs)
+            inserted = time.monotonic()
+            for index, delay in wave.cancels.items():
+                heapq.heappush(self._cancels, (inserted + delay, wave.jobs[index]["_id"]))
+            self._cancel_due()
             if self.progress.due():
                 self.refresh()
+        while self._cancels:
+            self._sleep_until(self._cancels[0][0])
+
+    def _cancel_due(self) -> None:
+        """Write the cancellations that are due (as a client does: the job contract's
+        ``cancel_requested``; the engine ignores it on a job that already ended)."""
+        now = time.monotonic()
+        while self._cancels and self._cancels[0][0] <= now:
+            _, job_id = heapq.heappop(self._cancels)
+            self.jobs.update_one({"_id": job_id}, {"$set": {"cancel_requested": True}})
+            self.cancel_requests += 1
 
     def insert(self, docs: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)
@@ -64,13 +86,17 @@ class Runner:
         self.submitted += len(docs)
 
     def _sleep_until(self, deadline: float) -> None:
+        """Wait until ``deadline`` (monotonic clock), writing cancellations as they fall due."""
         while True:
-            left = deadline - time.monotonic()
+            self._cancel_due()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
             if self.progress.due():
                 self.refresh()
-            time.sleep(min(left, POLL))
+            next_cancel = self._cancels[0][0] - now if self._cancels else left
+            time.sleep(max(0.0, min(left, POLL, next_cancel)))
 
     # ------------------------------------------------------------------ following
     def count(self) -> tuple[dict[str, int], int]:

@@ -11,15 +11,20 @@ unknown; lines starting with ``;`` are the header (``; Key: value`` comments). F
  5 allocated procs    11 status (1 ok, 0 failed,   17 preceding job
  6 average cpu time      5 cancelled)              18 think time (s)
 
+A trace may be gzip-compressed (``.swf.gz``, as the archive ships them): a file starting with the
+gzip magic bytes is read through gzip, whatever its name.
+
 A malformed line raises :class:`SwfError` naming the file and the line, so that a trace can be
-fixed (or cut) where it is broken.
+fixed (or cut) where it is broken; so does a compressed file that is corrupt or cut short.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,7 @@ FIELDS = (
 STATUS_FAILED = 0
 STATUS_COMPLETED = 1
 STATUS_CANCELLED = 5
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class SwfError(ValueError):
@@ -67,6 +73,20 @@ class SwfJob:
             if value > 0:
                 return value
         return None
+
+    wait_time: float = -1.0
+
+    @property
+    def cancelled(self) -> bool:
+        """The job was cancelled (status 5)."""
+        return self.status == STATUS_CANCELLED
+
+    @property
+    def cancelled_after(self) -> float:
+        """For a cancelled job, seconds from its submission to its cancellation: its wait time
+        plus its run time (the time from its start to the cancellation; 0 when it was cancelled
+        before it started), unknown values counted as 0."""
+        return max(self.wait_time, 0.0) + max(self.run_time, 0.0)
 
     @property
     def duration(self) -> float:
@@ -110,31 +130,57 @@ def parse_line(text: str, *, path: str = "<trace>", line: int = 0) -> SwfJob | N
         number=int(values[0]), submit_time=values[1], run_time=values[3],
         allocated_processors=int(values[4]), requested_processors=int(values[7]),
         requested_time=values[8], status=int(values[10]), user_id=int(values[11]),
-        group_id=int(values[12]), line=line,
+        group_id=int(values[12]), line=line, wait_time=values[2],
     )
 
 
-def iter_jobs(path: str | os.PathLike[str]) -> Iterator[SwfJob]:
-    """The jobs of a trace file in file order; raises SwfError (or OSError)."""
+def is_gzip(path: str | os.PathLike[str]) -> bool:
+    """The file starts with the gzip magic bytes."""
+    with open(path, "rb") as f:
+        return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def read_lines(path: str | os.PathLike[str]) -> Generator[tuple[int, str], None, None]:
+    """The trace's lines with their numbers (from 1), decompressed when the file is gzip; a
+    corrupt or truncated gzip file raises SwfError naming the last line read, other read errors
+    OSError."""
     name = str(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, text in enumerate(f, start=1):
-            job = parse_line(text, path=name, line=number)
-            if job is not None:
-                yield job
+    if not is_gzip(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from enumerate(f, start=1)
+        return
+    number = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as z:
+            for number, text in enumerate(z, start=1):
+                yield number, text
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise SwfError(name, number or None, f"corrupt or truncated gzip data: {exc}") from None
+
+
+def iter_jobs(path: str | os.PathLike[str]) -> Iterator[SwfJob]:
+    """The jobs of a trace file (plain or gzip) in file order; raises SwfError (or OSError)."""
+    name = str(path)
+    for number, text in read_lines(path):
+        job = parse_line(text, path=name, line=number)
+        if job is not None:
+            yield job
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``; Key: value`` lines at the top of a trace."""
+    """The ``; Key: value`` lines at the top of a trace (plain or gzip)."""
     header: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for text in f:
+    lines = read_lines(path)
+    try:
+        for _, text in lines:
             stripped = text.strip()
             if stripped and not stripped.startswith(";"):
                 break
             key, sep, value = stripped.lstrip("; ").partition(":")
             if sep and key and " " not in key.strip():
                 header[key.strip()] = value.strip()
+    finally:
+        lines.close()  # the file is closed now, not when the generator is collected
     return header
 
 

@@ -1,7 +1,8 @@
 """What the simulator submits, and when: the scenario, a burst, or a replayed trace.
 
 A workload is a series of :class:`Wave` s: at ``at`` seconds after the start (already divided by
-``--speed``), insert these jobs. The job documents are what a portal writes (the documented job
+``--speed``), insert these jobs, and request the cancellation of some of them a given time later
+(the cancelled jobs of a trace). The job documents are what a portal writes (the documented job
 contract); the runner adds the run tag and the insertion time.
 
 The scenario follows the load generator of Mobyle2's execution engine: three users (Filochard,
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sim.swf import STATUS_FAILED, SwfJob, SwfTrace
+
+CANCEL_MARGIN = 1.0
+"""Seconds a cancelled trace job's command outlives its cancellation at the least, so that the
+job is still there (queued or running) when the cancellation request is written."""
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 USER_NAMES = ("filochard", "ribouldingue", "croquignol")
@@ -48,8 +53,12 @@ DATABASE_SIZE = 300
 
 @dataclass(frozen=True)
 class Wave:
+    """Jobs inserted together ``at`` seconds after the start; ``cancels`` maps the index of a
+    job in ``jobs`` to the seconds after its insertion at which ``cancel_requested`` is set."""
+
     at: float
     jobs: list[dict[str, Any]]
+    cancels: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,32 +165,52 @@ def burst(*, jobs: int, users: int, projects: int, seed: int | None, data_dir: P
 def trace(parsed: SwfTrace, *, speed: float, max_runtime: float, owner_domain: str = ""
           ) -> Workload:
     """A replay of an SWF trace: each job sleeps its run time / speed (at most ``max_runtime``)
-    and arrives at its submit time / speed; failed jobs (status 0) exit 1."""
+    and arrives at its submit time / speed; failed jobs (status 0) exit 1; cancelled jobs
+    (status 5) are cancelled at their recorded time (:func:`cancel_delay` after their insertion)
+    and end ``killed``."""
     first = parsed.jobs[0].submit_time
 
     def waves() -> Iterator[Wave]:
         batch: list[dict[str, Any]] = []
+        cancels: dict[int, float] = {}
         batch_at = 0.0
         for job in parsed.jobs:
             at = (job.submit_time - first) / speed
             if batch and at > batch_at:
-                yield Wave(batch_at, batch)
-                batch = []
+                yield Wave(batch_at, batch, cancels)
+                batch, cancels = [], {}
             batch_at = at
+            if job.cancelled:
+                cancels[len(batch)] = cancel_delay(job, speed=speed, max_runtime=max_runtime)
             batch.append(trace_job(job, speed=speed, max_runtime=max_runtime,
                                    owner_domain=owner_domain))
         if batch:
-            yield Wave(batch_at, batch)
+            yield Wave(batch_at, batch, cancels)
 
     span = (parsed.jobs[-1].submit_time - first) / speed
+    cancelled = sum(1 for job in parsed.jobs if job.cancelled)
     return Workload("trace", len(parsed.jobs), waves(),
                     f"{len(parsed.jobs)} jobs of {parsed.path} over {span:.1f} s "
-                    f"(speed x{speed:g}, run times capped at {max_runtime:g} s)")
+                    f"(speed x{speed:g}, run times capped at {max_runtime:g} s"
+                    + (f", {cancelled} cancelled at their recorded time" if cancelled else "")
+                    + ")")
+
+
+def cancel_delay(job: SwfJob, *, speed: float, max_runtime: float) -> float:
+    """Seconds after its insertion at which a cancelled job is cancelled: its recorded time
+    from submission to cancellation / speed, at most ``max_runtime``."""
+    return min(job.cancelled_after / speed, max_runtime)
 
 
 def trace_job(job: SwfJob, *, speed: float, max_runtime: float, owner_domain: str = ""
               ) -> dict[str, Any]:
+    """The job document replaying one trace job (see :func:`trace`). A cancelled job's command
+    sleeps past its cancellation (by ``max_runtime`` and :data:`CANCEL_MARGIN`), so it is still
+    queued or running when the cancellation arrives, however late it started."""
     sleep = min(job.duration / speed, max_runtime)
+    if job.cancelled:
+        sleep = cancel_delay(job, speed=speed, max_runtime=max_runtime) + max_runtime \
+            + CANCEL_MARGIN
     command = ["sleep", f"{sleep:.3f}"]
     if job.status == STATUS_FAILED:
         command = ["sh", "-c", f"sleep {sleep:.3f}; exit 1"]
@@ -192,6 +221,9 @@ def trace_job(job: SwfJob, *, speed: float, max_runtime: float, owner_domain: st
         doc["requirements"] = {"cores": job.processors}
     doc["metadata"] = {"swf": {"job": job.number, "submit_time": job.submit_time,
                                "run_time": job.run_time, "status": job.status}}
+    if job.cancelled:
+        doc["metadata"]["swf"]["cancel_after_s"] = round(
+            cancel_delay(job, speed=speed, max_runtime=max_runtime), 3)
     return doc
 
 

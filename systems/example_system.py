@@ -20,7 +20,10 @@ Then ``execd reload``. ``execd systems`` lists the class with this file as its s
 An execution system is a subclass of ``execution_engine.ExecutionSystem`` with a unique ``kind``
 (the value of ``class`` in the config) that implements ``run``, ``get_statuses`` and ``kill``
 (see ``execution_engine/systems/base.py`` for the contract: what each method guarantees and which
-exceptions mean what). This one only changes how Local starts a job and inherits the rest.
+exceptions mean what, and "Kill safety": ``kill``, ``hold`` and ``release`` act only on what the
+engine recorded for the job, never on a document's ``native_id`` alone). This one only changes
+how Local starts a job and inherits the rest, its kill checks included. The contract suite
+``tests/test_contract_systems.py`` shows what every system is expected to do.
 
 Its own configuration keys are declared in ``option_spec`` (configspec syntax, checked when the
 configuration is loaded; an error names the section and the key); the checked values arrive in

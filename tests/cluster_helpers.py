@@ -37,13 +37,12 @@ from execution_engine.jobscript import forge_script, job_environment, make_job_d
 from execution_engine.states import JobState
 from execution_engine.systems.base import (
     PID_NAME,
-    STDOUT_NAME,
     ExecutionSystem,
     JobSpec,
     Resources,
     StatusReport,
 )
-from sim.bench_clusters import cluster_environment  # one reader of the provisioning's env
+from tests.support.cluster_env import cluster_environment  # one reader of the provisioning's env
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISION = ROOT / "scripts" / "provision-clusters.sh"
@@ -242,7 +241,7 @@ class DrmaaWorker:
             return value
         error_type, system, reason = value
         error_class = getattr(errors, error_type, None)
-        if isinstance(error_class, type) and issubclass(error_class, errors.SystemError_):
+        if isinstance(error_class, type) and issubclass(error_class, errors.ExecutionSystemError):
             raise error_class(system, reason)
         raise RuntimeError(f"worker: {error_type}: {reason}")
 
@@ -306,7 +305,7 @@ def _worker_main() -> None:
             else:
                 value = getattr(system, method)(*args)
             _send(answers, ("ok", value))
-        except errors.SystemError_ as exc:
+        except errors.ExecutionSystemError as exc:
             _send(answers, ("error", (type(exc).__name__, exc.system, exc.reason)))
         except Exception as exc:
             _send(answers, ("error", (type(exc).__name__, "", traceback.format_exc())))
@@ -316,7 +315,9 @@ def _worker_main() -> None:
 
 # ---------------------------------------------------------------------- the contract suite
 class ClusterContract:
-    """What every cluster execution system does, tested against the real scheduler.
+    """What every cluster execution system does beyond the contract every system keeps
+    (``tests/test_contract_systems.py``), tested against the real scheduler: refusals in the
+    scheduler's words, many jobs with one status call per cycle, an outage of the scheduler.
 
     A subclass provides the ``factory`` fixture (a callable returning a new system instance;
     for DRMAA, in a new process) and the attributes below.
@@ -325,11 +326,6 @@ class ClusterContract:
     #: A request the scheduler can never satisfy, and words of its refusal.
     impossible = Resources(cores=4096)
     refusal_words = ""
-    #: Whether a held job is reported ``hold`` (Slurm's Torque wrappers show it as queued).
-    hold_reported = True
-    def delayed_start_options(self, seconds: int) -> dict[str, Any]:
-        """System options making jobs wait ``seconds`` before they may start."""
-        raise NotImplementedError
 
     @pytest.fixture
     def system(self, factory: Callable[..., Any]) -> Iterator[Any]:
@@ -337,68 +333,7 @@ class ClusterContract:
         yield system
         system.close()
 
-    # -- a job's life
-    def test_job_finishes_with_its_output_and_exit_code_0(self, system: Any, tmp_path: Path
-                                                          ) -> None:
-        job = submit(system, make_job(tmp_path, ["sh", "-c", "echo hello from $EXECD_JOB_ID"]))
-        reports, _ = wait_reports(system, [job])
-        report = reports[job.job_id]
-        assert report.state == JobState.FINISHED, report
-        assert report.exit_code == 0
-        assert (job.job_dir / STDOUT_NAME).read_text() == f"hello from {job.job_id}\n"
-
-    def test_failing_job_ends_in_error_with_its_exit_code(self, system: Any, tmp_path: Path
-                                                          ) -> None:
-        job = submit(system, make_job(tmp_path, ["sh", "-c", "echo oops >&2; exit 3"]))
-        reports, _ = wait_reports(system, [job])
-        assert reports[job.job_id].state == JobState.ERROR
-        assert reports[job.job_id].exit_code == 3
-        assert "exit code 3" in reports[job.job_id].message
-
-    def test_killed_running_job_ends(self, system: Any, tmp_path: Path) -> None:
-        job = submit(system, make_job(tmp_path, ["sleep", "300"]))
-        wait_reports(system, [job], state_is(JobState.RUNNING))
-        system.kill(job)
-        reports, _ = wait_reports(system, [job], timeout=60)
-        report = reports[job.job_id]
-        # Ended, not finished: the engine records it as killed since it asked for the kill.
-        assert report.state == JobState.ERROR, report
-        assert report.exit_code in (None, 143, 137), report
-        system.kill(job)  # killing an ended job is not an error
-
-    def test_held_job_waits_and_runs_after_release(self, factory: Callable[..., Any],
-                                                   tmp_path: Path) -> None:
-        # The job may start 4 s after submission: holding it must keep it queued past then.
-        system = factory(**self.delayed_start_options(4))
-        try:
-            job = submit(system, make_job(tmp_path, ["sh", "-c", "echo done"]))
-            system.hold(job)
-            expected = JobState.HOLD if self.hold_reported else JobState.PENDING
-            wait_reports(system, [job], state_is(expected), timeout=30)
-            time.sleep(8)
-            assert system.get_statuses([job])[job.job_id].state == expected
-            assert not has_started(job), "the held job started"
-            system.release(job)
-            reports, _ = wait_reports(system, [job], timeout=90)
-            assert reports[job.job_id].state == JobState.FINISHED, reports
-            assert (job.job_dir / STDOUT_NAME).read_text() == "done\n"
-        finally:
-            system.close()
-
-    def test_holding_a_running_job(self, system: Any, tmp_path: Path) -> None:
-        """hold() suspends a running job; release() resumes it."""
-        job = submit(system, make_job(tmp_path, ["sh", "-c", "sleep 3; echo done"]))
-        wait_reports(system, [job], lambda r: r.state == JobState.RUNNING and has_started(job))
-        time.sleep(1)  # well started (Grid Engine loses a suspension sent while it starts a job)
-        system.hold(job)
-        wait_reports(system, [job], state_is(JobState.HOLD), timeout=30)
-        time.sleep(5)
-        assert system.get_statuses([job])[job.job_id].state == JobState.HOLD
-        assert not job.exit_code_file.exists(), "the suspended job went on running"
-        system.release(job)
-        reports, _ = wait_reports(system, [job], timeout=90)
-        assert reports[job.job_id].state == JobState.FINISHED, reports
-
+    # -- refusals
     def test_impossible_request_is_rejected_with_the_schedulers_message(
             self, system: Any, tmp_path: Path) -> None:
         job = make_job(tmp_path, ["true"], resources=self.impossible)
@@ -433,45 +368,6 @@ class ClusterContract:
             expected = JobState.FINISHED if i % 2 == 0 else JobState.ERROR
             assert reports[job.job_id].state == expected, (job, reports[job.job_id])
             assert reports[job.job_id].exit_code == i % 2
-
-    # -- recovery
-    def test_find_locates_a_submitted_job_by_its_tag(self, system: Any,
-                                                     factory: Callable[..., Any],
-                                                     tmp_path: Path) -> None:
-        job = submit(system, make_job(tmp_path, ["sleep", "60"]))
-        other = factory()
-        try:
-            assert other.find(replace(job, native_id=None)) == job.native_id
-            assert other.find(make_job(tmp_path, ["true"])) is None
-        finally:
-            system.kill(job)
-            other.close()
-
-    def test_find_locates_a_job_that_already_ended(self, system: Any, tmp_path: Path) -> None:
-        job = submit(system, make_job(tmp_path, ["true"]))
-        wait_reports(system, [job])
-        deadline = time.monotonic() + 30
-        while (found := system.find(replace(job, native_id=None))) != job.native_id:
-            assert time.monotonic() < deadline, f"find() says {found!r}, not {job.native_id}"
-            time.sleep(1)
-
-    def test_new_instance_tracks_and_kills_jobs_of_the_old_one(
-            self, system: Any, factory: Callable[..., Any], tmp_path: Path) -> None:
-        short = submit(system, make_job(tmp_path, ["sh", "-c", "sleep 3; echo ok"]))
-        long = submit(system, make_job(tmp_path, ["sleep", "300"]))
-        system.close()  # the old one is gone (for DRMAA: its process and session too)
-        new = factory()
-        try:
-            reports = new.get_statuses([short, long])
-            assert all(r.state in (JobState.PENDING, JobState.RUNNING)
-                       for r in reports.values()), reports
-            wait_reports(new, [long], state_is(JobState.RUNNING))
-            new.kill(long)
-            reports, _ = wait_reports(new, [short, long])
-            assert reports[short.job_id].state == JobState.FINISHED
-            assert reports[long.job_id].state == JobState.ERROR
-        finally:
-            new.close()
 
     # -- outage
     @pytest.mark.slow

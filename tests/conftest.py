@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
 
-from execution_engine.mongod import EmbeddedMongo, free_port
+from execution_engine.mongod import REPLICA_SET, EmbeddedMongo, free_port
 from execution_engine.proc import is_running as _alive
 from execution_engine.proc import process_tree as all_processes
 from execution_engine.store import JobStore
@@ -48,6 +49,70 @@ def mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo]:
 @pytest.fixture(scope="session")
 def mongo_uri(mongod: EmbeddedMongo) -> str:
     return mongod.uri
+
+
+class SecureMongo(EmbeddedMongo):
+    """A mongod with access control: ``--auth`` and a keyFile (which a replica set needs for
+    authentication between members), a single-node replica set like :class:`EmbeddedMongo`.
+
+    The replica set is initiated and the first user (``admin``, role ``root``) created through
+    the localhost exception, as a site would do it; :attr:`admin_uri` logs in as that user,
+    :attr:`uri` carries no credentials."""
+
+    ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex
+
+    @property
+    def admin_uri(self) -> str:
+        return (f"mongodb://admin:{self.ADMIN_PASSWORD}@127.0.0.1:{self.port}/"
+                f"?replicaSet={REPLICA_SET}&authSource=admin")
+
+    def start(self, timeout: float = 60.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir.parent / f"{self.data_dir.name}.key"
+        key_file.write_text(uuid.uuid4().hex * 2)
+        key_file.chmod(0o400)  # mongod refuses a keyFile readable by others
+        self.process = subprocess.Popen(
+            [self.binary, "--dbpath", str(self.data_dir), "--port", str(self.port),
+             "--bind_ip", "127.0.0.1", "--replSet", REPLICA_SET, "--auth",
+             "--keyFile", str(key_file), "--quiet", "--logpath", str(self.log_file),
+             "--setParameter", "diagnosticDataCollectionEnabled=false"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        local: MongoClient[Any] = MongoClient("127.0.0.1", self.port, directConnection=True,
+                                              serverSelectionTimeoutMS=500)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                assert self.process.poll() is None, f"mongod --auth exited: {self.log_file}"
+                try:  # hello needs no login; replSetInitiate passes the localhost exception
+                    hello = local.admin.command("hello")
+                    if hello.get("isWritablePrimary"):
+                        break
+                    if "setName" not in hello:
+                        local.admin.command("replSetInitiate", {
+                            "_id": REPLICA_SET,
+                            "members": [{"_id": 0, "host": f"127.0.0.1:{self.port}"}]})
+                except OperationFailure as exc:
+                    if exc.code != 23:  # AlreadyInitialized: wait for it to be primary
+                        raise
+                except PyMongoError:
+                    pass  # not listening yet
+                assert time.monotonic() < deadline, f"mongod --auth not primary: {self.log_file}"
+                time.sleep(0.1)
+            local.admin.command("createUser", "admin", pwd=self.ADMIN_PASSWORD,
+                                roles=[{"role": "root", "db": "admin"}])
+        finally:
+            local.close()
+        return self.uri
+
+
+@pytest.fixture(scope="session")
+def secure_mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMongo]:
+    """A mongod started with ``--auth`` and a keyFile; log in with its ``admin_uri``."""
+    server = SecureMongo(tmp_path_factory.mktemp("secure-mongod") / "data", free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from execution_engine.systems.batch import (
     run_command,
 )
 from execution_engine.systems.ogs import OgsSystem
+from execution_engine.systems.records import record_native_id
 from execution_engine.systems.slurm import SlurmSystem
 from execution_engine.systems.torque import PbsDrmaaSystem, TorqueCliSystem, TorqueSystem
 from tests.cluster_helpers import make_job
@@ -382,7 +383,9 @@ def test_qstat_153_means_unknown_ids_not_an_outage(tmp_path: Path) -> None:
 def test_kill_of_an_ended_job_is_not_an_error(tmp_path: Path) -> None:
     bin_dir = fake_commands(tmp_path / "bin", qdel="exit 1")
     system = TorqueCliSystem("t", {"bin_dir": str(bin_dir)})
-    system.kill(replace(make_job(tmp_path, ["true"]), native_id="1"))
+    job = replace(make_job(tmp_path, ["true"]), native_id="1")
+    record_native_id(job.job_dir, "1")  # as run() records it
+    system.kill(job)
 
 
 def test_job_that_ran_but_is_forgotten_is_never_resubmitted(tmp_path: Path) -> None:

@@ -77,3 +77,7 @@ def test_shipped_example_config_is_valid_and_documents_every_key() -> None:
     for section in ("engine", "mongodb", "monitor", "actors", "notification", "plugins"):
         for key in spec[section]:
             assert f"{key} =" in text or f"# {key} =" in text, f"[{section}] {key} undocumented"
+    # The keys every system class shares, capabilities included.
+    for key in spec["systems"]["__many__"]:
+        if key != "class":
+            assert f"{key} " in text, f"[systems] common key {key} undocumented"

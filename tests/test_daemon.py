@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from execution_engine.mongod import free_port
+from execution_engine.mongod import EmbeddedMongo, free_port
 from tests.conftest import ROOT, Engine, _alive, execd_command, process_tree
 
 
@@ -24,7 +25,7 @@ def daemon_tree(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path):
+def embedded(tmp_path: Path) -> Iterator[Path]:
     """A config using the embedded MongoDB; the daemon is stopped at the end whatever happens."""
     config = tmp_path / "execd.ini"
     config.write_text(f"[engine]\nstate_dir = {tmp_path / 'state'}\n"
@@ -102,6 +103,42 @@ def test_stale_pid_file_is_detected_and_replaced(embedded: Path) -> None:
     assert int(pid_file.read_text()) != pid
 
 
+def embedded_port(config: Path) -> int:
+    line = next(x for x in config.read_text().splitlines() if x.startswith("embedded_port"))
+    return int(line.split("=")[1])
+
+
+def test_start_right_after_the_master_was_killed(embedded: Path) -> None:
+    assert run(embedded, "start").returncode == 0
+    pid = int((embedded.parent / "state" / "execd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    restarted = run(embedded, "start")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    job = run(embedded, "submit", "--", "true").stdout.strip()
+    waited = run(embedded, "wait", job, "--timeout", "60")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+
+
+def test_a_mongod_left_by_a_killed_daemon_is_stopped_at_the_next_start(embedded: Path) -> None:
+    state = embedded.parent / "state"
+    left = EmbeddedMongo(state / "mongodb", embedded_port(embedded))
+    left.start()  # as a daemon killed before it could stop its mongod would leave it
+    assert left.process is not None
+    try:
+        started = run(embedded, "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert left.process.wait(60) is not None
+        assert "a killed daemon left behind" in (state / "execd.log").read_text()
+        job = run(embedded, "submit", "--", "true").stdout.strip()
+        waited = run(embedded, "wait", job, "--timeout", "60")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+    finally:
+        left.stop()
+
+
 def test_bad_config_is_refused_naming_file_section_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.ini"
     config.write_text("[actors]\nsubmit = many\n[monitor]\nlease_seconds = 0\n")
@@ -142,7 +179,8 @@ def test_reload_applies_new_pool_sizes_and_refuses_a_bad_config(engine: Engine) 
 def test_reload_keeps_running_jobs_running(engine: Engine, tmp_path: Path) -> None:
     marker = tmp_path / "done"
     job = engine.submit("sh", "-c", f"sleep 2; touch {marker}")
-    engine.wait_for(lambda: engine.store.get(job)["state"] == "running", what="running")
+    engine.wait_for(lambda: (engine.store.get(job) or {}).get("state") == "running",
+                    what="running")
     engine.cli("reload")
     (doc,) = engine.wait_ended([job], timeout=30)
     assert doc["state"] == "finished" and marker.exists()

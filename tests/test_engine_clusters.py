@@ -50,17 +50,22 @@ class Target:
     kind: str
     cluster: Cluster
     options: dict[str, Any]
+    system_class: str = ""
+    """The class of the system (default: the kind's own)."""
 
     @property
     def name(self) -> str:
         return f"{self.kind}-cluster"
 
     def config(self, *, submit_actors: int = 1, batch_size: int = 100,
-               rules_dir: Path | None = None) -> str:
+               rules_dir: Path | None = None, systems_dir: Path | None = None) -> str:
         """The daemon's extra config: this system, one default route to it (through the rule
         ``paced`` of ``rules_dir`` when given)."""
         lines = [f"{key} = {value}" for key, value in self.options.items() if value != ""]
-        plugins = ["[plugins]", f"routing_rules = {rules_dir}", ""] if rules_dir else []
+        plugins = ["[plugins]",
+                   *([f"routing_rules = {rules_dir}"] if rules_dir else []),
+                   *([f"systems = {systems_dir}"] if systems_dir else []),
+                   ""] if rules_dir or systems_dir else []
         return "\n".join([
             "[actors]",
             f"submit = {submit_actors}",
@@ -69,7 +74,7 @@ class Target:
             *plugins,
             "[systems]",
             f"[[{self.name}]]",
-            f"class = {self.kind}",
+            f"class = {self.system_class or self.kind}",
             "status_interval = 1",
             *lines,
             "",
@@ -250,11 +255,18 @@ def test_impossible_requests_end_in_error_with_the_schedulers_message(
         assert not Path(doc["job_dir"], "job.stdout").exists()
 
 
-def wrapped_torque(directory: Path, real: Path, scripts: dict[str, str]) -> Path:
-    """A ``bin_dir`` of Torque commands: ``scripts[name]`` (shell, ``$REAL`` is the real
-    command's folder) for the named ones, the real commands for the others."""
+SCHEDULER_COMMANDS = {
+    "torque": ("qsub", "qstat", "qdel", "qhold", "qrls"),
+    "slurm": ("sbatch", "squeue", "scancel", "scontrol", "sacct"),
+}
+
+
+def wrapped_commands(directory: Path, real: Path, scripts: dict[str, str], kind: str = "torque"
+                     ) -> Path:
+    """A ``bin_dir`` of the ``kind`` scheduler's commands: ``scripts[name]`` (shell, ``$REAL``
+    is the real command's folder) for the named ones, the real commands for the others."""
     directory.mkdir()
-    for command in ("qsub", "qstat", "qdel", "qhold", "qrls"):
+    for command in SCHEDULER_COMMANDS[kind]:
         body = scripts.get(command, f'exec "$REAL/{command}" "$@"')
         (directory / command).write_text(f"#!/bin/sh\nREAL={real}\n{body}\n")
         (directory / command).chmod(0o755)
@@ -269,7 +281,7 @@ def test_submission_in_doubt_is_looked_up_before_it_is_retried(
     down = tmp_path / "down"
     down.touch()
     accepted = tmp_path / "accepted"
-    bin_dir = wrapped_torque(tmp_path / "flaky-torque", Path(torque_cluster.options["bin_dir"]), {
+    bin_dir = wrapped_commands(tmp_path / "flaky-torque", Path(torque_cluster.options["bin_dir"]), {
         "qsub": f'"$REAL/qsub" "$@"; rc=$?; echo >> {accepted}\n'
                 f'[ -e {down} ] && sleep 60\nexit $rc',
         "qstat": f'if [ -e {down} ]; then echo "qstat: Connection refused" >&2; exit 1; fi\n'
@@ -301,7 +313,7 @@ def test_batch_outlasting_its_lease_is_not_submitted_twice(
     """A slow scheduler (each ``qsub`` takes 0.3 s) and two Submit actors: the batch one actor
     claims takes longer to submit than a lease lasts (5 s here). No job may be submitted by both
     actors: the lease of the jobs still to submit is renewed as the batch goes on."""
-    slow = wrapped_torque(tmp_path / "slow-torque", Path(torque_cluster.options["bin_dir"]),
+    slow = wrapped_commands(tmp_path / "slow-torque", Path(torque_cluster.options["bin_dir"]),
                           {"qsub": 'sleep 0.3; exec "$REAL/qsub" "$@"'})
     target = Target("torque", torque_cluster, {**torque_cluster.options, "bin_dir": slow})
     daemon = engine_factory(target.config(submit_actors=2))
@@ -310,6 +322,24 @@ def test_batch_outlasting_its_lease_is_not_submitted_twice(
     assert_all_finished_once(daemon, target, ids, ledger)
 
 
+SYSTEM_CLASSES = {"ogs": ("ogs", "OgsSystem"), "torque": ("torque", "TorqueSystem"),
+                  "slurm": ("slurm", "SlurmSystem")}
+SLOW_SYSTEM = """
+import time
+
+from execution_engine import execution_system
+from execution_engine.systems.{module} import {cls}
+
+
+@execution_system
+class SlowToAnswer({cls}):
+    kind = "slow-{kind}"
+
+    def run(self, job):
+        submission = super().run(job)
+        time.sleep(0.3)
+        return submission
+"""
 PACED_RULE = """
 import time
 
@@ -329,12 +359,19 @@ def test_engine_killed_mid_run_loses_and_repeats_nothing(
     """SIGKILL of every engine process while jobs are at the scheduler but their submission is
     not recorded yet: after a restart they are found by their tag, not submitted again.
 
-    A routing rule taking 0.1 s per job spreads the Submit actor's batch over seconds, so that
-    the engine dies inside that window whatever the scheduler's speed."""
+    A routing rule taking 0.1 s per job spreads the Submit actor's batch over seconds, and the
+    system answers 0.3 s after the scheduler queued each job (a drop-in subclass of the real
+    system: a slow scheduler), so that the engine dies inside that window."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "paced.py").write_text(PACED_RULE)
-    daemon = engine_factory(target.config(rules_dir=rules))
+    systems = tmp_path / "systems"
+    systems.mkdir()
+    module, cls = SYSTEM_CLASSES[target.kind]
+    (systems / "slow.py").write_text(SLOW_SYSTEM.format(module=module, cls=cls,
+                                                        kind=target.kind))
+    slow = Target(target.kind, target.cluster, target.options, system_class=f"slow-{target.kind}")
+    daemon = engine_factory(slow.config(rules_dir=rules, systems_dir=systems))
     ledger = tmp_path / "ledger"
     ids = counted_jobs(daemon, ledger, 40, sleep=0.5)
     tags = [tag(i) for i in ids]

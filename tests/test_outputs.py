@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from execution_engine.actors.status import list_outputs
 from execution_engine.apps.outputs import MAX_OUTPUTS, app_outputs, bounded_outputs
+from execution_engine.apps.outputs import job_outputs as list_outputs
 
 TRUNCATED = {"path": "...", "size": None, "truncated": True}
 

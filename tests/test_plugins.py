@@ -15,8 +15,9 @@ import pytest
 from execution_engine import ExecutionSystem, execution_system, routing_rule
 from execution_engine.config import EngineConfig, parse_config
 from execution_engine.errors import ConfigError, PluginError
-from execution_engine.registry import (
+from execution_engine.plugins import (
     BUILTIN_SOURCE,
+    LoaderRole,
     common_system_spec,
     create_systems,
     load_registry,
@@ -301,6 +302,37 @@ def test_capability_keys_are_common_to_every_system_class(tmp_path: Path) -> Non
     systems = create_systems(registry, config)
     assert isinstance(systems["big"], ExecutionSystem)
     assert systems["big"].options["max_memory_mb"] == 65536
+
+
+# ---------------------------------------------------------------------- the last good set
+def test_a_worker_falls_back_on_its_own_daemons_last_good_set_only(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    write(rules, "hooked.py", HOOK_RULES)
+    config = make_config(tmp_path, rules=rules)
+    load_registry(config, LoaderRole.worker("host/daemon-a"))  # loads: recorded
+    write(rules, "broken.py", "def oops(:\n    pass\n")
+
+    registry = load_registry(config, LoaderRole.worker("host/daemon-a"))
+    assert "is_big" in registry.rules
+    assert any("using the last plugin set that loaded" in n for n in registry.notes)
+    # Another daemon's workers, the master and clients are told what is wrong.
+    for role in (LoaderRole.worker("host/daemon-b"), LoaderRole.master("host/daemon-a"),
+                 LoaderRole.client(), None):
+        with pytest.raises(PluginError, match=r"broken\.py"):
+            load_registry(config, role)
+
+
+def test_only_daemon_processes_record_the_last_good_set(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    write(rules, "hooked.py", HOOK_RULES)
+    config = make_config(tmp_path, rules=rules)
+    load_registry(config, LoaderRole.client())
+    assert not (tmp_path / "state" / "plugins").exists()
+    load_registry(config, LoaderRole.master("host/daemon-a"))
+    (record,) = (tmp_path / "state" / "plugins").iterdir()
+    assert "host/daemon-a" in record.read_text()
+    write(rules, "broken.py", "raise RuntimeError('no')\n")
+    assert "is_big" in load_registry(config, LoaderRole.worker("host/daemon-a")).rules
 
 
 # ---------------------------------------------------------------------- entry points

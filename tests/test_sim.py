@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import signal
@@ -16,10 +17,11 @@ import pytest
 from bson import ObjectId
 
 from sim import execd_sim
+from sim import workload as wl
 from sim.plot import PlotUnavailable, require_matplotlib, stage_intervals
 from sim.progress import Progress
 from sim.report import build_report, percentile, summarize
-from sim.swf import SwfError, load_trace, parse_line
+from sim.swf import SwfError, SwfTrace, load_trace, parse_line
 from tests.conftest import ROOT, Engine
 
 LOCAL4 = "[systems]\n[[local]]\nclass = local\nslots = 4\n"
@@ -45,8 +47,8 @@ def run_sim(engine: Engine, tmp_path: Path, *args: str) -> tuple[str, dict[str, 
 
 
 def swf_line(number: int, submit: float, run: float, *, procs: int = 1, status: int = 1,
-             user: int = 3, group: int = 1) -> str:
-    fields = [number, submit, 5, run, procs, -1, -1, procs, 600, -1, status, user, group,
+             user: int = 3, group: int = 1, wait: float = 5) -> str:
+    fields = [number, submit, wait, run, procs, -1, -1, procs, 600, -1, status, user, group,
               1, 1, 1, -1, -1]
     return " ".join(str(f) for f in fields)
 
@@ -136,6 +138,36 @@ def test_trace_replays_arrivals_runtimes_and_requirements(engine_factory,
     assert timedelta(seconds=0.45) <= gap <= timedelta(seconds=2)
 
 
+def test_a_gzip_trace_replays_cancelled_jobs_as_cancelled_at_their_time(
+        engine_factory, tmp_path: Path) -> None:
+    engine = engine_factory(LOCAL4)
+    lines = [swf_line(1, 0, 20), swf_line(2, 10, 20),
+             # Cancelled after 60 s of run time (0.6 s here): killed while running.
+             swf_line(3, 0, 60, status=5, wait=0),
+             # Cancelled in the queue after 30 s (0.3 s here), never started at the site.
+             swf_line(4, 5, -1, status=5, wait=30)]
+    trace = tmp_path / "site.swf.gz"  # as the Parallel Workloads Archive ships them
+    trace.write_bytes(gzip.compress((SWF_HEADER + "\n".join(lines) + "\n").encode()))
+    out, report = run_sim(engine, tmp_path, "--trace", str(trace), "--speed", "100",
+                          "--max-runtime", "2", "-q")
+    assert "2 cancelled at their recorded time" in out
+    assert "cancelled:     2 jobs by the simulator" in out
+    assert report["counts"] == {"finished": 2, "killed": 2}
+    assert report["cancel_requests"] == 2
+    docs = {d["metadata"]["swf"]["job"]: d
+            for d in engine.store.jobs.find({"metadata.sim_run": report["run_id"]})}
+    for number, delay in ((3, 0.6), (4, 0.3)):
+        doc = docs[number]
+        assert doc["state"] == "killed" and doc["cancel_requested"] is True
+        assert doc["metadata"]["swf"]["cancel_after_s"] == delay
+        # Cancelled at its recorded time: not before it, and long before its command's end
+        # (it sleeps past the cancellation, so it cannot finish first).
+        lived = (doc["ended_at"] - doc["metadata"]["inserted_at"]).total_seconds()
+        assert delay - 0.01 <= lived < delay + 2, lived
+        assert float(doc["command"][1]) >= delay + 2
+    assert "cancel_requested" not in docs[1] and docs[1]["state"] == "finished"
+
+
 def test_interrupt_stops_submitting_and_reports_what_happened(engine_factory,
                                                               tmp_path: Path) -> None:
     engine = engine_factory(LOCAL4)
@@ -202,6 +234,45 @@ def test_swf_parser_blank_and_comment_lines_and_empty_trace(tmp_path: Path) -> N
         load_trace(empty)
     with pytest.raises(SwfError, match="no such trace file"):
         load_trace(tmp_path / "missing.swf")
+
+
+def test_swf_parser_reads_gzip_whatever_the_name_and_reports_a_corrupt_one(
+        tmp_path: Path) -> None:
+    text = SWF_HEADER + swf_line(2, 50, 10) + "\n" + swf_line(1, 20, 30, status=5, wait=7) + "\n"
+    for name in ("t.swf.gz", "t.swf"):  # gzip is recognised by its magic bytes
+        trace = tmp_path / name
+        trace.write_bytes(gzip.compress(text.encode()))
+        parsed = load_trace(trace)
+        assert parsed.header["Computer"] == "a test cluster"
+        assert [j.number for j in parsed.jobs] == [1, 2]
+        cancelled = parsed.jobs[0]
+        assert cancelled.cancelled and not parsed.jobs[1].cancelled
+        assert cancelled.wait_time == 7 and cancelled.cancelled_after == 37
+    big = "".join(swf_line(i, i, 10) + "\n" for i in range(1, 2001)).encode()
+    cut = tmp_path / "cut.swf.gz"
+    cut.write_bytes(gzip.compress(big)[:4000])
+    with pytest.raises(SwfError, match=r"corrupt or truncated gzip data") as caught:
+        load_trace(cut)
+    assert str(caught.value).startswith(f"{cut}:")
+    corrupt = tmp_path / "corrupt.swf.gz"
+    corrupt.write_bytes(b"\x1f\x8b" + b"not gzip at all" * 10)
+    with pytest.raises(SwfError, match=r"corrupt or truncated gzip data"):
+        load_trace(corrupt)
+
+
+def test_a_cancelled_trace_job_is_cancelled_at_its_recorded_time() -> None:
+    jobs = [parse_line(swf_line(1, 100, 40), line=1),
+            parse_line(swf_line(2, 100, 40, status=5, wait=20), line=2),
+            parse_line(swf_line(3, 300, -1, status=5, wait=5000), line=3)]
+    trace = SwfTrace("t.swf", {}, [job for job in jobs if job is not None])
+    waves = list(wl.trace(trace, speed=10, max_runtime=60).waves)
+    assert [w.at for w in waves] == [0, 20]
+    assert waves[0].cancels == {1: 6.0}  # (20 s waiting + 40 s running) / 10
+    assert waves[1].cancels == {0: 60}  # capped by --max-runtime
+    assert waves[0].jobs[0]["command"] == ["sleep", "4.000"]
+    # The cancelled jobs sleep past their cancellation, however late they start.
+    assert waves[0].jobs[1]["command"] == ["sleep", f"{6 + 60 + wl.CANCEL_MARGIN:.3f}"]
+    assert waves[0].jobs[1]["metadata"]["swf"]["cancel_after_s"] == 6.0
 
 
 def test_cli_reports_a_malformed_trace_before_touching_the_database(tmp_path: Path,
@@ -285,23 +356,3 @@ def test_plot_without_matplotlib_is_a_clear_usage_error(monkeypatch, capsys) -> 
     code = execd_sim.main(["--uri", "mongodb://127.0.0.1:9/", "--plot", "x.png", "-q"])
     assert code == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
-
-
-def test_bench_ab_measures_a_revision_against_the_working_tree(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    from sim import bench_ab
-
-    def worktrees() -> int:
-        listing = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], check=True,
-                                 capture_output=True, text=True).stdout
-        return len(listing.splitlines())
-
-    before = worktrees()
-    assert bench_ab.main(["--rounds", "2", "--jobs", "20"]) == 0
-    out = capsys.readouterr().out
-    for line in ("round 1 A:", "round 1 B:", "round 2 B:", "round 2 A:", "B / A: median",
-                 "A / pool per round:", "B / pool per round:"):
-        assert line in out, out
-    assert worktrees() == before  # revision A's checkout is gone
-    with pytest.raises(SystemExit, match="cannot check out 'no-such-rev'"):
-        bench_ab.main(["--base", "no-such-rev", "--rounds", "1", "--jobs", "5"])

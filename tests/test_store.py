@@ -46,8 +46,8 @@ def test_a_claim_skips_a_job_whose_state_a_client_rewrote(store: JobStore) -> No
 def test_expired_leases_are_recovered_then_quarantined(store: JobStore) -> None:
     (job,) = new_jobs(store, 1)
     for round_ in range(QUARANTINE_AFTER):
-        (doc,) = store.claim(JobState.TO_BE_BUILT, JobState.BUILDING, owner="dead/actor/1",
-                             limit=1, lease_seconds=30)
+        store.claim(JobState.TO_BE_BUILT, JobState.BUILDING, owner="dead/actor/1",
+                    limit=1, lease_seconds=30)
         store.expire_leases_of("dead/")
         counts = store.recover_expired(by="test")
         state = store.get(job)

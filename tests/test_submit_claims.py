@@ -9,9 +9,8 @@ import textwrap
 import time
 from collections.abc import Callable
 
-from sim.bench_env import hold_local_slot
-from sim.benchmark import BUSY_SYSTEM
 from tests.conftest import Engine, write_config
+from tests.support.local_slots import BUSY_SYSTEM, hold_local_slot
 
 LOCAL = """\
 [systems]

@@ -8,7 +8,6 @@ see Grid Engine.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,10 +57,6 @@ class TestOgsContract(ClusterContract):
     # can satisfy is refused at once.
     impossible = Resources(cores=4096)
     refusal_words = "no suitable queues"
-
-    def delayed_start_options(self, seconds: int) -> dict[str, Any]:
-        start = time.localtime(time.time() + seconds)
-        return {"native_specification": f"-a {time.strftime('%Y%m%d%H%M.%S', start)}"}
 
 
 def test_unknown_parallel_environment_is_rejected(factory: Callable[..., DrmaaWorker],

@@ -52,9 +52,6 @@ class TestSlurmContract(ClusterContract):
     impossible = Resources(cores=4096)
     refusal_words = "More processors requested than permitted"
 
-    def delayed_start_options(self, seconds: int) -> dict[str, Any]:
-        return {"submit_options": f"--begin=now+{seconds}"}
-
 
 def test_impossible_memory_is_rejected(factory: Callable[..., SlurmSystem],
                                        tmp_path: Path) -> None:
@@ -92,5 +89,5 @@ def test_purged_job_without_exit_code_is_explained_by_accounting(
     wait_reports(system, [job])
     job.exit_code_file.unlink(missing_ok=True)  # as if the script never recorded it
     report = system.resolve_missing([job])[job.job_id]
-    assert report.state == JobState.ERROR
+    assert report.state == JobState.KILLED  # by the engine's kill, which Slurm's words confirm
     assert "Slurm accounting: state CANCELLED" in report.message, report

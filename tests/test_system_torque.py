@@ -22,7 +22,6 @@ from execution_engine.systems.torque import TorqueCliSystem, TorqueSystem
 from tests.cluster_helpers import (
     Cluster,
     ClusterContract,
-    has_started,
     make_job,
     slurm_cluster,
     submit,
@@ -57,19 +56,6 @@ def factory(torque_cluster: Cluster) -> Iterator[Callable[..., TorqueSystem]]:
 class TestTorqueContract(ClusterContract):
     impossible = Resources(cores=4096)
     refusal_words = "More processors requested than permitted"
-    hold_reported = False  # the wrappers' qstat shows a held job as Q
-
-    def delayed_start_options(self, seconds: int) -> dict[str, Any]:
-        return {"submit_options": f"-a now+{seconds}"}  # the wrapper passes it to --begin
-
-    def test_holding_a_running_job(self, system: Any, tmp_path: Path) -> None:
-        """Torque cannot hold a running job (``qhold`` only holds queued ones): the hold is
-        accepted and the job runs on to its end."""
-        job = submit(system, make_job(tmp_path, ["sh", "-c", "sleep 2; echo done"]))
-        wait_reports(system, [job], lambda r: r.state == JobState.RUNNING and has_started(job))
-        system.hold(job)
-        reports, _ = wait_reports(system, [job], timeout=60)
-        assert reports[job.job_id].state == JobState.FINISHED
 
 
 def test_command_mode_uses_the_configured_commands(torque_cluster: Cluster) -> None:

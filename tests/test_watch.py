@@ -1,11 +1,18 @@
 """The burst watch: when the Monitor stops reading the change stream, and when it reads it again;
-and a daemon going through a burst: jobs, cancellations and bad documents during the polling."""
+a daemon going through a burst: jobs, cancellations and bad documents during the polling; and
+the change watcher's view of clients' writes of ``state``."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from typing import Any
 
+from execution_engine.apps.masters import SplitFollower
+from execution_engine.bell import Bell
+from execution_engine.monitor.watcher import STREAM_PIPELINE, ChangeWatcher, client_wrote_state
+from execution_engine.store import JobStore
 from execution_engine.watch import BURST_EVENTS, MAX_BURST, QUIET, BurstWatch
 from tests.conftest import Engine
 
@@ -73,7 +80,7 @@ def test_during_a_burst_jobs_cancellations_and_bad_documents_are_all_handled(
     waiting = burst[-1]
     engine.store.request_cancel(waiting)
     bad = engine.insert({"state": "queued", "command": ["true"]})
-    engine.wait_for(lambda: engine.store.get(long)["state"] == "running", timeout=60,
+    engine.wait_for(lambda: (engine.store.get(long) or {}).get("state") == "running", timeout=60,
                     what="the long job to run")
     engine.store.request_cancel(long)
     docs = engine.wait_ended([*burst, long, bad], timeout=120)
@@ -90,3 +97,99 @@ def test_during_a_burst_jobs_cancellations_and_bad_documents_are_all_handled(
     (doc,) = engine.wait_ended([engine.submit("true")])
     assert doc["state"] == "finished"
     assert time.monotonic() - began < 5
+
+
+# ---------------------------------------------------------------------- clients' state writes
+def stream_events(store: JobStore, writes: Callable[[], None]) -> list[dict[str, Any]]:
+    """The events the Monitor's pipeline lets through while ``writes`` runs."""
+    with store.jobs.watch(STREAM_PIPELINE, max_await_time_ms=100) as stream:
+        writes()
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            change = stream.try_next()
+            if change is None and events:
+                break
+            if change is not None:
+                events.append(change)
+        return events
+
+
+def test_the_stream_shows_clients_state_writes_and_not_the_engines_own(store: JobStore
+                                                                        ) -> None:
+    job = store.jobs.insert_one({"state": "to be built", "command": ["true"]}).inserted_id
+    forged = {"state": "finished", "command": ["true"]}
+
+    def writes() -> None:
+        # The engine's own hand-on (state with engine_state): not in the stream.
+        store.jobs.update_one({"_id": job}, {"$set": {"state": "building",
+                                                      "engine_state": "building"}})
+        store.jobs.update_one({"_id": job}, {"$set": {"state": "running"}})  # a client's
+        store.jobs.update_one({"_id": job}, {"$unset": {"state": ""}})  # a client's
+        store.jobs.insert_one(forged)
+
+    events = stream_events(store, writes)
+    seen = [(e["operationType"], client_wrote_state(e)) for e in events]
+    assert seen == [("update", True), ("update", True), ("insert", True)]
+    assert all(e["documentKey"]["_id"] in (job, forged["_id"]) for e in events)
+
+
+def test_what_counts_as_a_clients_state_write() -> None:
+    def insert(**doc: Any) -> dict[str, Any]:
+        return {"operationType": "insert", "fullDocument": doc}
+
+    def update(fields: dict[str, Any], removed: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {"operationType": "update",
+                "updateDescription": {"updatedFields": fields, "removedFields": list(removed)}}
+
+    assert not client_wrote_state(insert(command=["true"]))
+    assert not client_wrote_state(insert(state="to be built"))
+    assert client_wrote_state(insert(state="finished"))
+    assert client_wrote_state(insert(state={"$set": 1}))
+    assert client_wrote_state(insert(state=["to be built"]))
+    assert client_wrote_state({"operationType": "replace", "fullDocument": {}})
+    assert client_wrote_state(update({"state": "running"}))
+    assert not client_wrote_state(update({"state": "running", "engine_state": "running"}))
+    assert not client_wrote_state(update({"cancel_requested": True}))
+    assert client_wrote_state(update({}, removed=("state",)))
+
+
+class RecordingStore:
+    """The store calls a watcher makes, recorded (no database)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., int]:
+        def call(*args: Any, **kwargs: Any) -> int:
+            self.calls.append((name, kwargs))
+            return 0
+        return call
+
+
+def test_the_watcher_asks_the_store_to_restore_states_after_a_clients_write() -> None:
+    store = RecordingStore()
+    bells = {kind: Bell(multiprocessing.get_context("spawn"))
+             for kind in ("building", "submit", "status", "notification")}
+    follower = SplitFollower("test", min_gap=3600)
+    follower.tick(store)  # type: ignore[arg-type] # its first pass now; none later
+
+    def run(action: Callable[[], object]) -> None:
+        action()
+
+    watcher = ChangeWatcher(store, bells, follower,  # type: ignore[arg-type]
+                            poll_interval=0.1, guard=run, stopping=lambda: False)
+    store.calls.clear()
+
+    watcher.on_change({"operationType": "update", "documentKey": {"_id": 7},
+                       "updateDescription": {"updatedFields": {"state": "running",
+                                                               "engine_state": "running"}}})
+    assert [name for name, _ in store.calls] == []
+    watcher.on_change({"operationType": "update", "documentKey": {"_id": 7},
+                       "updateDescription": {"updatedFields": {"state": "running"}}})
+    assert store.calls == [("enforce_engine_states", {"by": "monitor", "job_ids": [7]})]
+    store.calls.clear()
+    watcher.on_change({"operationType": "insert", "documentKey": {"_id": 8},
+                       "fullDocument": {"state": "finished"}})
+    assert store.calls[0] == ("enforce_engine_states", {"by": "monitor", "job_ids": [8]})
+    assert bells["notification"].wait(0)

@@ -1,9 +1,9 @@
 """What every actor process shares: start-up, the work loop, wake-ups and warm stop.
 
 An actor is a long-lived process of one kind (building, submit, status, notification) that takes
-batches of work from MongoDB by atomic claims. It sleeps on its pool's *bell* (an Event rung by the
-Monitor when the change stream shows work for the pool, and by upstream actors when they hand work
-on) or until the poll interval passes, so it works even without change streams.
+batches of work from MongoDB by atomic claims. It sleeps on its pool's *bell* (a semaphore rung by
+the Monitor when the change stream shows work for the pool, and by upstream actors when they hand
+work on) or until the poll interval passes, so it works even without change streams.
 
 Stopping: the first SIGTERM asks the actor to stop after the batch in hand (a warm stop: work is
 finished, or given back, never left half done); the Monitor sends SIGKILL if that takes too long,
@@ -97,9 +97,9 @@ class Actor(ABC):
         log.debug("stopped")
 
     def _ask_stop(self, signum: int, frame: FrameType | None) -> None:
-        # Only a flag: setting the bell here could deadlock with the bell.wait() this signal
-        # interrupted (multiprocessing's Condition waits for its sleepers). The Monitor rings
-        # every bell after sending TERM, and waits are bounded by the poll interval anyway.
+        # Only a flag: a signal handler should not block, and ringing takes the semaphore's
+        # own lock. The Monitor rings every bell after sending TERM, and waits are bounded by
+        # the poll interval anyway.
         self.stopping = True
 
     def loop(self) -> None:

@@ -71,7 +71,7 @@ class StatusActor(Actor):
             self.store.drop_leases(self.owner)
 
     def _forward_bell(self) -> None:
-        """Turn the pool's Event into a readable pipe, so one ``select`` waits for both the bell
+        """Turn the pool's bell into a readable pipe, so one ``select`` waits for both the bell
         and the systems' own wake-ups (Local job exits)."""
         while True:
             if self.bell.wait(1.0):

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from execution_engine.apps.definition import PHASES, AppDefinition
 from execution_engine.apps.markup import substitute
+from execution_engine.errors import AppError
 from execution_engine.systems.base import ENGINE_DIR, EXIT_CODE_NAME
 
 ENVIRONMENT = "environment"
@@ -41,7 +42,7 @@ def phase_exit_code_name(phase: str) -> str:
     return f"{ENGINE_DIR}/{phase}.exit_code"
 
 
-class ForgeError(Exception):
+class ForgeError(AppError):
     """Markups the engine cannot fill; ``problems`` name each file and line."""
 
     def __init__(self, problems: list[str]) -> None:

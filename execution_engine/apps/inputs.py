@@ -159,6 +159,8 @@ def source_problem(path: Path, *, directory: bool = False,
     """
     if not path.is_absolute():
         return f"path {str(path)!r} is not absolute"
+    if "\0" in str(path):
+        return "path holds a NUL character"
     return _outside_problem(path, allowed_dirs) or _readable_problem(path, directory)
 
 
@@ -283,6 +285,9 @@ class _Checker:
         action = item.get("action", "COPY")
         if not isinstance(path, str) or not path:
             self.problems.append(f"{where}: no path")
+            return
+        if "\0" in path:
+            self.problems.append(f"{where}: path holds a NUL character")
             return
         if action not in ACTIONS:
             self.problems.append(f"{where}: action {action!r} is not COPY or LINK")

@@ -23,17 +23,19 @@ linked from the master's directory, plus its own value of the split input.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
-
+from execution_engine import safefs
 from execution_engine.apps.definition import AppDefinition
 from execution_engine.apps.inputs import FileValue, check_value
+from execution_engine.apps.staging import StagingError, open_source
+from execution_engine.errors import AppError
+from execution_engine.job import SUBJOBS_DIR
 from execution_engine.jobdoc import SAFE_ID, job_id_text, job_name
 from execution_engine.store import utcnow
 
@@ -41,15 +43,15 @@ MAX_SUBJOBS = 10000
 """Subjobs one split job may have at most."""
 SPLIT_SYSTEM = "split"
 """The ``system`` of a split master: no execution system runs it, its subjobs do its work."""
-SUBJOBS_DIR = "subjobs"
 CHUNKS_DIR = "split"
 RESERVED_TARGETS = (SUBJOBS_DIR, CHUNKS_DIR)
 """Names of a master's directory that shared file inputs may not take."""
 SPLIT_KINDS = ("values", "range", "files", "lines")
 _LISTED = 10  # bad split values named in a message at most
+_BLOCK = 1 << 20  # bytes read or copied at a time when splitting by lines
 
 
-class SplitError(Exception):
+class SplitError(AppError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
@@ -108,17 +110,16 @@ def _listed_values(splitter: Splitter) -> list[Any]:
     """The raw values of a ``values`` or ``range`` splitter; SplitError when there are none
     or too many."""
     if splitter.kind == "range":
-        start, stop, *rest = splitter.argument
-        step = rest[0] if rest else 1
-        if step == 0:
-            raise SplitError(["splitter: range step is 0"])
-        span = range(start, stop, step)
-        if len(span) > MAX_SUBJOBS:
-            raise SplitError([f"splitter: range gives {len(span)} subjobs, more than "
+        start, stop, step = _range_of(splitter.argument)
+        count = range_length(start, stop, step)  # never len(range): it overflows past 2**63
+        if count > MAX_SUBJOBS:
+            raise SplitError([f"splitter.range: gives {count} subjobs, more than "
                               f"{MAX_SUBJOBS}"])
-        raw = list(span)
-    else:
+        raw = list(range(start, stop, step))
+    elif isinstance(splitter.argument, list | tuple):
         raw = list(splitter.argument)
+    else:
+        raise SplitError([f"splitter.{splitter.kind}: not a list of values"])
     if not raw:
         raise SplitError(["splitter: gives no subjobs"])
     if len(raw) > MAX_SUBJOBS:
@@ -126,40 +127,141 @@ def _listed_values(splitter: Splitter) -> list[Any]:
     return raw
 
 
+def _range_of(argument: Any) -> tuple[int, int, int]:
+    """``[start, stop]`` or ``[start, stop, step]`` as three integers; SplitError naming the
+    field otherwise (whatever the document holds)."""
+    if not isinstance(argument, list | tuple) or len(argument) not in (2, 3):
+        raise SplitError(["splitter.range: not a list [start, stop] or [start, stop, step]"])
+    numbers = []
+    for item in argument:
+        number = int(item) if isinstance(item, float) and item.is_integer() else item
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise SplitError([f"splitter.range: {item!r} is not an integer"])
+        numbers.append(number)
+    start, stop, step = (*numbers, 1) if len(numbers) == 2 else numbers
+    if step == 0:
+        raise SplitError(["splitter.range: step is 0"])
+    return start, stop, step
+
+
+def range_length(start: int, stop: int, step: int) -> int:
+    """How many values ``range(start, stop, step)`` has, for integers of any size."""
+    if step > 0:
+        return max(0, (stop - start + step - 1) // step)
+    return max(0, (start - stop - step - 1) // -step)
+
+
 def files_of(directory: Path, source: FileValue) -> list[FileValue]:
-    """One file input per regular file directly in ``directory``, by name."""
-    files = []
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.is_symlink() or not path.is_file():
-            continue
-        files.append(FileValue(path, path.name, source.action))
-        if len(files) > MAX_SUBJOBS:
-            raise SplitError([f"splitter: {directory} holds more than {MAX_SUBJOBS} files"])
-    return files
+    """One file input per regular file directly in ``directory``, by name. Bounded: more than
+    ``MAX_SUBJOBS`` such files, or more than ``safefs.MAX_SCANNED`` entries in all, is a
+    SplitError (the directory is not read any further)."""
+    names = []
+    with os.scandir(directory) as entries:
+        for seen, entry in enumerate(entries, 1):
+            if seen > safefs.MAX_SCANNED:
+                raise SplitError([f"splitter.files: {directory} holds more than "
+                                  f"{safefs.MAX_SCANNED} entries"])
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            names.append(entry.name)
+            if len(names) > MAX_SUBJOBS:
+                raise SplitError([f"splitter.files: {directory} holds more than "
+                                  f"{MAX_SUBJOBS} files"])
+    return [FileValue(directory / name, name, source.action) for name in sorted(names)]
+
+
+def _open_lines(source: Path) -> int:
+    """A descriptor of the file split by lines (see :func:`staging.open_source`)."""
+    try:
+        return open_source(source)
+    except StagingError as exc:
+        raise SplitError([f"splitter.lines: {exc}"]) from exc
+
+
+def count_chunks(source: Path, lines: int) -> int:
+    """How many chunks of ``lines`` lines ``source`` gives, counted in fixed-size blocks
+    (however long its lines, nothing big is held); SplitError when more than
+    ``MAX_SUBJOBS``."""
+    newlines = 0
+    last = b""
+    with open(_open_lines(source), "rb") as src:
+        while block := src.read(_BLOCK):
+            newlines += block.count(b"\n")
+            last = block
+    total = newlines + (1 if last and not last.endswith(b"\n") else 0)
+    count = -(-total // lines)
+    if count > MAX_SUBJOBS:
+        raise SplitError([f"splitter.lines: {source} gives {count} chunks of {lines} lines, "
+                          f"more than {MAX_SUBJOBS}"])
+    return count
 
 
 def write_chunks(source: FileValue, lines: int, master_dir: Path) -> list[FileValue]:
     """Cut ``source`` into chunks of ``lines`` lines under ``<master_dir>/split/``; one linked
-    file input per chunk, named in the subjob like the input. Each chunk is written under a
-    temporary name and renamed, so a master built again never truncates a chunk in use."""
+    file input per chunk, named in the subjob like the input.
+
+    The chunks are counted first, so a file giving more than ``MAX_SUBJOBS`` writes nothing;
+    they are copied in fixed-size blocks, so a very long line costs no memory. Each chunk is
+    written under a temporary name and renamed, so a master built again never truncates a
+    chunk in use; the ``split`` folder and the chunk files are made relative to the master's
+    directory without following a link planted there. When writing fails, the chunks written
+    by this call are removed again (none is left behind)."""
+    if not isinstance(lines, int) or isinstance(lines, bool) or lines < 1:
+        raise SplitError([f"splitter.lines: {lines!r} is not a positive integer"])
+    expected = count_chunks(source.source, lines)
     folder = master_dir / CHUNKS_DIR
-    folder.mkdir(exist_ok=True)
+    with safefs.opened_dirs(master_dir, "") as master_fd:
+        fd = safefs.open_dir_at(master_fd, CHUNKS_DIR, folder, create=True)
     name = source.target.replace("/", "_")
-    chunks: list[FileValue] = []
-    with open(source.source, "rb") as src:
-        while True:
-            block = list(itertools.islice(src, lines))
-            if not block:
-                break
-            if len(chunks) >= MAX_SUBJOBS:
-                raise SplitError([f"splitter: {source.source} gives more than {MAX_SUBJOBS} "
-                                  f"chunks of {lines} lines"])
-            path = folder / f"{name}.{len(chunks)}"
-            temporary = folder / f".{path.name}.part"
-            temporary.write_bytes(b"".join(block))
-            temporary.replace(path)
-            chunks.append(FileValue(path, source.target, "LINK"))
-    return chunks
+    written: list[str] = []
+    try:
+        with open(_open_lines(source.source), "rb") as src:
+            while _write_chunk(fd, f"{name}.{len(written)}", src, lines):
+                written.append(f"{name}.{len(written)}")
+                if len(written) > max(expected, 1):  # the file grew since it was counted
+                    raise SplitError([f"splitter.lines: {source.source} changed while it "
+                                      "was split"])
+    except BaseException:
+        for chunk in written:
+            with contextlib.suppress(OSError):
+                os.unlink(chunk, dir_fd=fd)
+        raise
+    finally:
+        os.close(fd)
+    return [FileValue(folder / chunk, source.target, "LINK") for chunk in written]
+
+
+def _write_chunk(folder: int, name: str, src: BinaryIO, lines: int) -> bool:
+    """Copy the next ``lines`` lines of ``src`` to a fresh temporary name, then rename it to
+    ``name``; False (nothing left behind) when ``src`` is at its end."""
+    temporary = f".{name}.{uuid.uuid4().hex[:12]}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with open(os.open(temporary, flags, 0o644, dir_fd=folder), "wb") as out:
+            copied = _copy_lines(src, out, lines)
+        if not copied:
+            os.unlink(temporary, dir_fd=folder)
+            return False
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        raise
+    return True
+
+
+def _copy_lines(src: BinaryIO, out: BinaryIO, lines: int) -> bool:
+    """Copy up to ``lines`` lines, a block at most at a time; whether anything was copied."""
+    copied = False
+    done = 0
+    while done < lines:
+        piece = src.readline(_BLOCK)
+        if not piece:
+            break
+        out.write(piece)
+        copied = True
+        done += piece.endswith(b"\n")
+    return copied
 
 
 def subjob_id(master_id: object, index: int) -> str:
@@ -210,20 +312,3 @@ def subjob_documents(master: Mapping[str, Any], version: int, shared: Mapping[st
                 doc[key] = master[key]
         docs.append(doc)
     return docs
-
-
-def insert_subjobs(jobs: Collection[Any], docs: list[dict[str, Any]]) -> None:
-    """Insert subjob documents; those already there (a master built again) are kept. Raises
-    SplitError when an id is taken by a job that is not this master's subjob."""
-    for start in range(0, len(docs), 1000):
-        with contextlib.suppress(BulkWriteError):  # duplicates: checked below
-            jobs.insert_many(docs[start:start + 1000], ordered=False)
-    if not docs:
-        return
-    ids = [d["_id"] for d in docs]
-    ours = {d["_id"] for d in jobs.find({"_id": {"$in": ids}, "parent": docs[0]["parent"]},
-                                        {"_id": 1})}
-    missing = [i for i in ids if i not in ours]
-    if missing:
-        raise SplitError([f"could not write {len(missing)} subjobs (ids taken by other jobs?): "
-                          + ", ".join(missing[:5])])

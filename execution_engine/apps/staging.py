@@ -3,8 +3,10 @@
 The name a file gets in the job directory (``as``, else the source's base name) must be a
 relative path without ``..``, not inside the engine's ``.execd``; every directory on the way
 must be a real directory of the job directory, not a symbolic link (which could lead anywhere).
-A staged file replaces what was there atomically (a temporary name, then a rename), so that
-building again after a crash is harmless.
+Every step below the job directory is taken relative to an open directory descriptor without
+following links (``execution_engine.safefs``), so a link planted there, even while staging
+runs, is refused rather than written through. A staged file replaces what was there atomically
+(a temporary name, then a rename), so that building again after a crash is harmless.
 
 ``COPY`` copies the file (mode bits included); ``LINK`` makes a symbolic link to the source's
 absolute, resolved path (the source must then stay where it is while the job runs).
@@ -20,6 +22,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from execution_engine import safefs
+from execution_engine.errors import AppError
 from execution_engine.systems.base import ENGINE_DIR
 
 MAX_NAME = 255
@@ -45,53 +49,81 @@ def target_problem(target: str,  # noqa: PLR0911 - a return per way out
     return None
 
 
-class StagingError(Exception):
+class StagingError(AppError):
     """A file input could not be staged; the message says which and why."""
 
 
-def _inside(job_dir: Path, target: str) -> Path:
-    """The directory that will hold ``target``, made on the way, each step checked to be a real
-    directory (not a symbolic link) inside ``job_dir``."""
-    current = job_dir
-    for part in target.split("/")[:-1]:
-        current = current / part
-        with contextlib.suppress(FileExistsError):
-            current.mkdir()
-        info = current.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            raise StagingError(f"{current.relative_to(job_dir)} in the job directory is a "
-                               "symbolic link: staging through it could escape the job "
-                               "directory")
-        if not stat.S_ISDIR(info.st_mode):
-            raise StagingError(f"{current.relative_to(job_dir)} in the job directory is not a "
-                               "directory")
-    return current
+def _open_folder(job_dir: Path, target: str) -> int:
+    """A descriptor of the directory that will hold ``target``, made on the way, each step
+    opened relative to the one before without following a symbolic link."""
+    fd = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    relative = PurePosixPath()
+    try:
+        for part in target.split("/")[:-1]:
+            relative = relative / part
+            try:
+                child = safefs.open_dir_at(fd, part, job_dir / relative, create=True)
+            except safefs.UnsafePathError as exc:
+                what = "a symbolic link: staging through it could escape the job directory" \
+                    if "symbolic link" in exc.why else "not a directory"
+                raise StagingError(f"{relative} in the job directory is {what}") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def stage(source: Path, job_dir: Path, target: str, action: str) -> Path:
     """Put ``source`` into ``job_dir`` as ``target`` (COPY or LINK); the staged path.
-    Raises StagingError, or OSError for a failing disk."""
+    Raises StagingError, or OSError for a failing disk.
+
+    Everything below ``job_dir`` is done relative to directory descriptors: a link planted in
+    the job directory (at a folder on the way or where the file goes) is never followed."""
     reason = target_problem(target)
     if reason is not None:
         raise StagingError(f"cannot stage as {target!r}: {reason}")
-    folder = _inside(job_dir, target)
-    final = folder / PurePosixPath(target).name
+    folder = _open_folder(job_dir, target)
+    try:
+        name = PurePosixPath(target).name
+        _stage_at(folder, name, source, action, target)
+    finally:
+        os.close(folder)
+    return job_dir / target
+
+
+def _stage_at(folder: int, name: str, source: Path, action: str, target: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISDIR(final.lstat().st_mode):
+        if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
             raise StagingError(f"{target} is already a directory in the job directory")
-    temporary = folder / f".{final.name}.{uuid.uuid4().hex[:12]}.staging"
+    temporary = f".{name}.{uuid.uuid4().hex[:12]}.staging"
     try:
         if action == "LINK":
-            temporary.symlink_to(source.resolve())
+            os.symlink(source.resolve(), temporary, dir_fd=folder)
         else:
+            src_fd = open_source(source)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temporary, flags, 0o600)
-            with open(fd, "wb") as out, open(source, "rb") as src:
+            with open(src_fd, "rb") as src, \
+                    open(os.open(temporary, flags, 0o600, dir_fd=folder), "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-            temporary.chmod(stat.S_IMODE(source.stat().st_mode))
-        temporary.replace(final)  # replaces a link itself, never what it points to
+                os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(src.fileno()).st_mode))
+        # Replaces a link itself, never what it points to.
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary, dir_fd=folder)
         raise
-    return final
+
+
+def open_source(source: Path) -> int:
+    """A descriptor of the file to copy: its resolved path opened without following a link
+    at the end, non-blocking (a FIFO swapped in after the inputs were checked never hangs the
+    builder), and checked to be a regular file on the descriptor itself."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(source.resolve(), flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StagingError(f"{source} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd

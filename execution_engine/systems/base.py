@@ -14,6 +14,12 @@ Error contract, for every method:
 * :class:`~execution_engine.errors.NoCapacity` (from ``run``): no free slot now; the job waits.
 * Any other exception is a bug in the system plugin; the engine logs it with the system's name and
   treats it as ``SystemUnavailable`` for status and kill, and as a rejection for ``run``.
+
+Kill safety: ``JobSpec.native_id`` comes from the job document, which clients can write. A
+system acts on a job (``kill``, ``hold``, ``release``) only when the id is one the engine
+recorded itself for that job under ``<job_dir>/.execd/`` (:mod:`~execution_engine.systems.records`)
+or, for a scheduler, names a job called ``JobSpec.tag``; anything else is refused with a warning
+and nothing is signalled.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from execution_engine.states import JobState
+from execution_engine.systems import records
 
 #: Files the job script writes into the job directory, relative to it. The exit-code file is the
 #: truth about how a job ended: schedulers forget finished jobs, the file stays.
-ENGINE_DIR = ".execd"
+ENGINE_DIR = records.ENGINE_DIR
 SCRIPT_NAME = f"{ENGINE_DIR}/job.sh"
 EXIT_CODE_NAME = f"{ENGINE_DIR}/exit_code"
 PID_NAME = f"{ENGINE_DIR}/pid"
@@ -108,19 +115,13 @@ class StatusReport:
 
     ``state`` is an engine state (pending, running, hold, finished, error, killed) or ``None`` for
     "unknown for now" (the job is left alone). For an ended job, ``exit_code`` comes from the job's
-    exit-code file when it has one.
+    exit-code file when it has one. ``killed`` means the job was stopped from outside (by the
+    scheduler, an operator, or the engine's own kill), with who said so in ``message``.
     """
 
     state: JobState | None
     exit_code: int | None = None
     message: str = ""
-
-    @property
-    def is_unknown(self) -> bool:
-        return self.state is None
-
-
-UNKNOWN = StatusReport(None)
 
 
 def read_exit_code(job: JobSpec) -> int | None:
@@ -136,19 +137,57 @@ def read_exit_code(job: JobSpec) -> int | None:
         return None
 
 
-def ended_report(job: JobSpec, native_says: str = "") -> StatusReport:
+def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | None = None
+                 ) -> StatusReport:
     """The final report for a job the scheduler no longer runs, from its exit-code file.
 
-    A missing exit-code file means the job script itself was killed (by the scheduler, a signal,
-    the walltime, the node); the job ends in ``error`` saying so, with what the scheduler said.
+    ``native_says`` is the scheduler's own word on the job, ``native_state`` the engine state
+    its native state maps to (None when it said nothing, or the job is gone from it).
+
+    * Exit code 0: ``finished`` (the command completed, even if a kill came too late to stop it).
+    * Killed: ``killed`` when the scheduler says the job was cancelled (``native_state`` is
+      ``killed``: an operator's ``scancel``, or the scheduler's own decision) or when the engine
+      recorded that it killed the job (:func:`~execution_engine.systems.records.recorded_kill`);
+      the message says who, in the scheduler's words, and the exit code if one was recorded.
+    * Otherwise ``error``: the exit code in words, or, when the script recorded none (it was
+      itself killed: a signal, the walltime, the node), saying so; with what the scheduler said
+      when it said something else than "completed".
     """
     code = read_exit_code(job)
+    if code == 0:
+        return StatusReport(JobState.FINISHED, 0)
+    # The scheduler's words count when it said more than "over" (a job gone from its list, or
+    # "completed", says nothing the exit code does not).
+    said = native_says if native_state not in (None, JobState.FINISHED) else ""
+    how = "without recording an exit code" if code is None else describe_exit_code(code)
+    sent = records.recorded_kill(job.job_dir, job.native_id)
+    if sent is not None:
+        return StatusReport(JobState.KILLED, code, _joined(f"killed by the engine ({sent})", said,
+                                                           how))
+    if native_state is JobState.KILLED:
+        return StatusReport(JobState.KILLED, code,
+                            _joined("killed by the execution system", said, how))
     if code is None:
         reason = "the job ended without recording an exit code (killed by the system?)"
         return StatusReport(JobState.ERROR, None, f"{reason} {native_says}".strip())
-    if code == 0:
-        return StatusReport(JobState.FINISHED, 0)
-    return StatusReport(JobState.ERROR, code, describe_exit_code(code))
+    return StatusReport(JobState.ERROR, code, " ".join(p for p in (how, said) if p))
+
+
+def _joined(who: str, said: str, how: str) -> str:
+    return f"{who} {said}, {how}" if said else f"{who}, {how}"
+
+
+def early_end_report(job: JobSpec) -> StatusReport | None:
+    """The final report of a job whose script has recorded its exit code while the scheduler
+    still lists it as live, or None to wait for the scheduler.
+
+    A code the command exited with by itself (up to 128) is final at once. A code meaning "ended
+    by a signal" (over 128) waits for the scheduler's own end state, which says whether the job
+    was cancelled (reported ``killed``) or failed."""
+    code = read_exit_code(job)
+    if code is None or code > 128:
+        return None
+    return ended_report(job)
 
 
 def describe_exit_code(code: int) -> str:
@@ -218,14 +257,15 @@ class ExecutionSystem(ABC):
         Raises SystemUnavailable when the scheduler cannot be asked.
         """
 
-    def get_status(self, job: JobSpec) -> StatusReport:
-        """The status of one job; same contract as :meth:`get_statuses`."""
-        return self.get_statuses([job]).get(job.job_id, UNKNOWN)
-
     @abstractmethod
     def kill(self, job: JobSpec, force: bool = False) -> None:
         """Ask the system to stop the job (``force``: without a grace period). Killing a job that
-        has already ended is not an error. The job's end is seen by a later status call."""
+        has already ended is not an error. The job's end is seen by a later status call, as
+        ``killed`` unless it completed first.
+
+        Acts only on what the engine recorded for the job (see "Kill safety" in the module
+        docstring): a ``native_id`` the engine never recorded for ``job.job_dir`` is refused
+        (logged, nothing signalled)."""
 
     def find(self, job: JobSpec) -> str | None:
         """The native id of the job if the system already has it (looked up by ``job.tag`` or the

@@ -11,6 +11,9 @@
   (a timeout may hide an accepted job: it must not be submitted twice);
 * one status command per cycle for all the jobs of the system, never one per job; jobs the
   scheduler no longer lists are resolved from their exit-code files (:func:`ended_report`);
+* recording the native id at submission (``.execd/native_id``) and cancelling, holding or
+  releasing only a job whose native id is that record, or which the scheduler lists under the
+  job's tag (:meth:`BatchSystem.owns`): a forged job document never reaches another job;
 * counting status calls (``status_calls``: calls of :meth:`get_statuses`; ``status_commands``:
   scheduler commands those calls ran).
 
@@ -37,16 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from execution_engine.errors import SubmissionRejected, SystemError_, SystemUnavailable
+from execution_engine.errors import ExecutionSystemError, SubmissionRejected, SystemUnavailable
 from execution_engine.states import JobState
+from execution_engine.systems import records
 from execution_engine.systems.base import (
     PID_NAME,
     ExecutionSystem,
     JobSpec,
     StatusReport,
     Submission,
+    early_end_report,
     ended_report,
-    read_exit_code,
 )
 
 log = logging.getLogger(__name__)
@@ -188,8 +192,9 @@ class BatchSystem(ExecutionSystem):
     ``_STATE_MAP``. Everything else, including the error contract, is done here.
     """
 
-    #: Native state -> engine state. An ended engine state (finished, error, killed) means "the
-    #: job is over": its exit-code file then says how (:func:`ended_report`). ``None`` means
+    #: Native state -> engine state. An ended engine state means "the job is over": its
+    #: exit-code file then says how (:func:`ended_report`), except that ``killed`` (cancelled by
+    #: an operator or the scheduler) is reported killed unless the job completed. ``None`` means
     #: "unknown for now". A state missing from the map is logged and reported unknown.
     _STATE_MAP: ClassVar[Mapping[str, JobState | None]] = {}
     #: The scheduler's name in messages.
@@ -319,7 +324,7 @@ class BatchSystem(ExecutionSystem):
         except SystemUnavailable:
             native_id = self._find_after_doubt(job)
             if native_id is not None:
-                return Submission(native_id)
+                return self._submitted(job, native_id)
             raise
         if not result.ok:
             if self.is_transient(result):
@@ -332,6 +337,12 @@ class BatchSystem(ExecutionSystem):
             if native_id is None:
                 raise SystemUnavailable(
                     self.name, f"no job id in the output of {result.describe()}")
+        return self._submitted(job, native_id)
+
+    def _submitted(self, job: JobSpec, native_id: str) -> Submission:
+        """The submission of ``job`` as ``native_id``, recorded in its job directory."""
+        if not is_forgotten_id(native_id):
+            records.record_native_id(job.job_dir, native_id)
         return Submission(native_id)
 
     def _find_after_doubt(self, job: JobSpec) -> str | None:
@@ -388,19 +399,43 @@ class BatchSystem(ExecutionSystem):
     def _report(self, job: JobSpec, native_id: str, native_state: str) -> StatusReport:
         state = self.engine_state(native_state, native_id)
         if state is not None and state.is_ended:
-            return ended_report(job, f"({self.scheduler} state {native_state})")
-        if read_exit_code(job) is not None:
-            # The script has recorded its end; the scheduler has not noticed yet.
-            return ended_report(job)
+            return ended_report(job, f"({self.scheduler} state {native_state})", state)
+        early = early_end_report(job)  # the script has recorded its end; the scheduler not yet
+        if early is not None:
+            return early
         if state is None:
             return StatusReport(None, message=f"unknown {self.scheduler} state {native_state!r}")
         return StatusReport(state)
 
     # ------------------------------------------------------------------ kill, hold, release
+    def owns(self, job: JobSpec, action: str) -> bool:
+        """True when ``job.native_id`` is the engine's own job: the id recorded at submission in
+        ``job.job_dir``, or a job the scheduler lists under ``job.tag``. Otherwise logs that
+        ``action`` is refused. Raises SystemUnavailable when the scheduler cannot tell."""
+        native_id = job.native_id
+        if native_id is None or is_forgotten_id(native_id):
+            return False
+        recorded = records.recorded_native_id(job.job_dir)
+        if recorded is not None and self.same_job(recorded, native_id):
+            return True
+        result = self.execute(self.find_command(job))
+        if not self.find_ok(result):
+            raise self.unavailable(result)
+        found = self.parse_find_output(result.stdout, job)
+        if found is not None and self.same_job(found, native_id):
+            return True
+        log.warning("%s: refusing to %s job %s: %s is not the id the engine recorded for it "
+                    "(%s) nor a %s job named %s", self.name, action, job.job_id, native_id,
+                    recorded or "none", self.scheduler, job.tag)
+        return False
+
     def kill(self, job: JobSpec, force: bool = False) -> None:
-        """Cancel the job. A job the scheduler no longer has is not an error."""
-        if job.native_id is None or is_forgotten_id(job.native_id):
+        """Cancel the job, if it is the engine's (:meth:`owns`). A job the scheduler no longer
+        has is not an error."""
+        if job.native_id is None or not self.owns(job, "kill"):
             return
+        records.record_kill(job.job_dir, job.native_id,
+                            f"{'forced ' if force else ''}cancellation by {self.scheduler}")
         result = self.execute(self.kill_command(job.native_id, force))
         if result.ok:
             return
@@ -417,8 +452,9 @@ class BatchSystem(ExecutionSystem):
 
     def _control(self, job: JobSpec, action: str,
                  commands_for: Callable[[str], list[list[str]]]) -> None:
-        """Run the ``action`` commands in order; done when at least one succeeds."""
-        if job.native_id is None or is_forgotten_id(job.native_id):
+        """Run the ``action`` commands in order, on the engine's own job (:meth:`owns`) only;
+        done when at least one succeeds."""
+        if job.native_id is None or not self.owns(job, action):
             return
         commands = commands_for(job.native_id)
         if not commands:
@@ -432,8 +468,9 @@ class BatchSystem(ExecutionSystem):
                 raise self.unavailable(result)
             failures.append(result)
         if len(failures) == len(commands):
-            raise SystemError_(self.name, f"cannot {action} job {job.job_id} ({job.native_id}): "
-                               + "; ".join(r.output or r.describe() for r in failures))
+            raise ExecutionSystemError(
+                self.name, f"cannot {action} job {job.job_id} ({job.native_id}): "
+                + "; ".join(r.output or r.describe() for r in failures))
 
     # ------------------------------------------------------------------ find
     def find(self, job: JobSpec) -> str | None:

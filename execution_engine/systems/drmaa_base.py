@@ -37,15 +37,16 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 
-from execution_engine.errors import SubmissionRejected, SystemError_, SystemUnavailable
+from execution_engine.errors import ExecutionSystemError, SubmissionRejected, SystemUnavailable
 from execution_engine.states import JobState
+from execution_engine.systems import records
 from execution_engine.systems.base import (
     ExecutionSystem,
     JobSpec,
     StatusReport,
     Submission,
+    early_end_report,
     ended_report,
-    read_exit_code,
 )
 from execution_engine.systems.batch import forgotten_report, is_forgotten_id
 
@@ -207,6 +208,10 @@ class DrmaaSystem(ExecutionSystem):
     has no bulk status call; the pass is local to the session's connection and counts as one
     status call in ``status_calls``).
 
+    Kill safety: the native id is recorded in the job directory at submission; ``kill``,
+    ``hold`` and ``release`` act only on that id, or on the job :meth:`find` locates by its tag
+    (:meth:`owns`).
+
     Errors: a refusal by the scheduler (DeniedByDrm, invalid or conflicting attributes) is
     SubmissionRejected with its message; a scheduler that cannot be reached (DrmCommunication,
     TryLater, a session that cannot be opened or a library that cannot be loaded) is
@@ -300,6 +305,7 @@ class DrmaaSystem(ExecutionSystem):
             except errors.DrmaaException as exc:
                 log.debug("%s: deleteJobTemplate: %s", self.name, exc)
         self._reap(session, drmaa)
+        records.record_native_id(job.job_dir, str(native_id))
         return Submission(str(native_id))
 
     def _reap(self, session: Any, drmaa: ModuleType) -> None:
@@ -347,19 +353,36 @@ class DrmaaSystem(ExecutionSystem):
             return StatusReport(None, message=f"unknown DRMAA state {native_state!r}")
         state = self._STATE_MAP[native_state]
         if state is not None and state.is_ended:
-            return ended_report(job, f"(DRMAA state {native_state})")
-        if read_exit_code(job) is not None:
-            return ended_report(job)  # the script recorded its end before the DRM noticed
+            return ended_report(job, f"(DRMAA state {native_state})", state)
+        early = early_end_report(job)  # the script recorded its end before the DRM noticed
+        if early is not None:
+            return early
         if state is None:
             return StatusReport(None, message=f"DRMAA state {native_state}")
         return StatusReport(state)
 
     # ------------------------------------------------------------------ control
+    def owns(self, job: JobSpec, action: str) -> bool:
+        """True when ``job.native_id`` is the engine's own job: the id recorded at submission in
+        ``job.job_dir``, or the one :meth:`find` locates by the job's tag. Otherwise logs that
+        ``action`` is refused. Raises SystemUnavailable when the scheduler cannot tell."""
+        native_id = job.native_id
+        if native_id is None or is_forgotten_id(native_id):
+            return False
+        recorded = records.recorded_native_id(job.job_dir)
+        if recorded == native_id or (recorded is None and self.find(job) == native_id):
+            return True
+        log.warning("%s: refusing to %s job %s: %s is not the id the engine recorded for it "
+                    "(%s) nor a %s job named %s", self.name, action, job.job_id, native_id,
+                    recorded or "none", self.scheduler, job.tag)
+        return False
+
     def kill(self, job: JobSpec, force: bool = False) -> None:
-        """TERMINATE the job (DRMAA has no gentler or harder kill: ``force`` changes nothing).
-        A job the DRM no longer has is not an error."""
-        if job.native_id is None or is_forgotten_id(job.native_id):
+        """TERMINATE the job (DRMAA has no gentler or harder kill: ``force`` changes nothing),
+        if it is the engine's (:meth:`owns`). A job the DRM no longer has is not an error."""
+        if job.native_id is None or not self.owns(job, "kill"):
             return
+        records.record_kill(job.job_dir, job.native_id, f"terminated through {self.scheduler}")
         session, drmaa = self.session()
         try:
             session.control(job.native_id, drmaa.JobControlAction.TERMINATE)
@@ -369,8 +392,9 @@ class DrmaaSystem(ExecutionSystem):
         except drmaa.errors.DrmCommunicationException as exc:
             raise self._unavailable(exc) from exc
         except drmaa.errors.DrmaaException as exc:
-            raise SystemError_(self.name, f"cannot kill job {job.job_id} ({job.native_id}): "
-                               f"{drmaa_message(exc)}") from exc
+            raise ExecutionSystemError(
+                self.name, f"cannot kill job {job.job_id} ({job.native_id}): "
+                f"{drmaa_message(exc)}") from exc
 
     def hold(self, job: JobSpec) -> None:
         """HOLD a queued job, SUSPEND a running one."""
@@ -381,7 +405,7 @@ class DrmaaSystem(ExecutionSystem):
         self._control(job, hold=False)
 
     def _control(self, job: JobSpec, hold: bool) -> None:
-        if job.native_id is None or is_forgotten_id(job.native_id):
+        if job.native_id is None or not self.owns(job, "hold" if hold else "release"):
             return
         session, drmaa = self.session()
         actions = drmaa.JobControlAction
@@ -399,8 +423,9 @@ class DrmaaSystem(ExecutionSystem):
             raise self._unavailable(exc) from exc
         except drmaa.errors.DrmaaException as exc:
             what = "hold" if hold else "release"
-            raise SystemError_(self.name, f"cannot {what} job {job.job_id} ({job.native_id}): "
-                               f"{drmaa_message(exc)}") from exc
+            raise ExecutionSystemError(
+                self.name, f"cannot {what} job {job.job_id} ({job.native_id}): "
+                f"{drmaa_message(exc)}") from exc
 
 
 __all__ = [

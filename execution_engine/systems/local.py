@@ -8,6 +8,11 @@
   actors and several daemons sharing a state directory therefore never overrun the host.
 * The native id is ``<pid>:<start time>`` (start time in clock ticks since boot, from
   ``/proc``): a recycled pid is never mistaken for the job.
+* A kill signals a process group only when it is the job's own (:func:`job_process`): the
+  pid the job script recorded in ``<job dir>/.execd/pid`` (when it has got that far), the
+  process start time of the native id, a process that leads its own session and group and runs
+  exactly the job's script. A native id from a forged job document names a process that fails
+  one of these and is never signalled.
 * Status comes from the exit-code file first, then from the process. Processes are watched through
   pidfds, so the Status actor wakes the moment a job exits instead of waiting for its next cycle.
 * What the job script itself prints (a shell error, never the command's output, which goes to
@@ -35,6 +40,7 @@ from execution_engine.errors import NoCapacity, SubmissionRejected
 from execution_engine.jobscript import SLOT_FD
 from execution_engine.proc import is_running, process_start_time
 from execution_engine.states import JobState
+from execution_engine.systems import records
 from execution_engine.systems.base import (
     PID_NAME,
     ExecutionSystem,
@@ -53,6 +59,32 @@ SHELL = "/bin/sh"
 def parse_native_id(native_id: str) -> tuple[int, int]:
     pid, _, start = native_id.partition(":")
     return int(pid), int(start or 0)
+
+
+def job_process(job: JobSpec) -> int | None:
+    """The pid of the job's running script, when ``job.native_id`` names it; else None.
+
+    The process must be the one the engine started for this job: the native id's pid and start
+    time match a live process; that process leads its own session and process group (the
+    system starts every job script with ``setsid``); its command line is exactly the job's
+    script as the system started it; and the pid the script recorded under ``.execd/``, once
+    there, is the same. Any mismatch (a forged or stale id, a recycled pid) gives None.
+    """
+    try:
+        pid, start = parse_native_id(job.native_id or "")
+    except ValueError:
+        return None
+    if pid <= 1 or not start or not is_running(pid, start):
+        return None
+    recorded = records.read_record(job.job_dir, PID_NAME)
+    try:
+        leads = os.getpgid(pid) == pid and os.getsid(pid) == pid
+    except OSError:
+        leads = False
+    ours = (leads and recorded in (None, str(pid))
+            and _command_line(pid) == [SHELL.encode(), str(job.script).encode()])
+    # Checked again last: the same process all along, not one that took a freed pid meanwhile.
+    return pid if ours and is_running(pid, start) else None
 
 
 class SlotPool:
@@ -97,21 +129,6 @@ class SlotPool:
                 raise NoCapacity("local", f"all {self.count} slots are busy")
             sleep(min(delay, left))
             delay = min(delay * 2, 0.01)
-
-    def free(self) -> int:
-        """How many slots are free right now (a hint: others may take them next)."""
-        free = 0
-        for index in range(self.count):
-            fd = os.open(self.directory / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                free += 1
-            except BlockingIOError:
-                pass
-            finally:
-                os.close(fd)
-        return free
 
 
 class PidWatcher:
@@ -171,7 +188,11 @@ class PidWatcher:
 
     def _reap_loop(self) -> None:
         while True:
-            for fd, _ in self._epoll.poll(1.0):
+            try:
+                events = self._epoll.poll(1.0)
+            except (ValueError, OSError):  # closed by close(): the system is going away
+                return
+            for fd, _ in events:
                 with self._lock:
                     pid = self._fds.get(fd)
                 if pid is None:
@@ -293,13 +314,21 @@ class LocalSystem(ExecutionSystem):
 
     # ------------------------------------------------------------------ kill
     def kill(self, job: JobSpec, force: bool = False) -> None:
+        """Signal the job's process group (TERM, or KILL when ``force``), if the native id names
+        the job's own running script (:func:`job_process`); a job that has ended, or an id that
+        is not the job's, is left alone (the latter with a warning)."""
         if job.native_id is None:
             return
-        pid, start = parse_native_id(job.native_id)
-        if not is_running(pid, start):
+        pid = job_process(job)
+        if pid is None:
+            if read_exit_code(job) is None and _names_live_process(job.native_id):
+                log.warning("%s: refusing to kill job %s: %s is not a process the engine "
+                            "started for it", self.name, job.job_id, job.native_id)
             return
+        signum = signal.SIGKILL if force else signal.SIGTERM
+        records.record_kill(job.job_dir, job.native_id, signum.name)
         try:
-            os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
+            os.killpg(pid, signum)
         except OSError as exc:
             if exc.errno != errno.ESRCH:  # already gone is what we wanted
                 raise
@@ -315,9 +344,6 @@ class LocalSystem(ExecutionSystem):
             return f"{pid}:{start}"
         return f"{pid}:0"  # it ran and is gone: status comes from the exit-code file
 
-    def free_slots(self) -> int:
-        return self.slots.free()
-
     def close(self) -> None:
         for watcher in (self._children, self._watched):
             if watcher is not None:
@@ -325,6 +351,23 @@ class LocalSystem(ExecutionSystem):
         if self._jobs_log_fd is not None:
             os.close(self._jobs_log_fd)
             self._jobs_log_fd = None
+
+
+def _command_line(pid: int) -> list[bytes] | None:
+    """The arguments of process ``pid``, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:-1]
+    except OSError:
+        return None
+
+
+def _names_live_process(native_id: str) -> bool:
+    try:
+        pid, start = parse_native_id(native_id)
+    except ValueError:
+        return False
+    return pid > 0 and is_running(pid, start or None)
 
 
 def _runs_script(pid: int, job: JobSpec) -> bool:

@@ -16,7 +16,8 @@
   suspended; ``suspend`` fails harmlessly on a pending one). Release: ``scontrol release`` then
   ``scontrol resume``. Suspending needs Slurm operator rights.
 * Kill: ``scancel`` (TERM, then KILL after the site's ``KillWait``); forced:
-  ``scancel --signal=KILL --full``.
+  ``scancel --signal=KILL --full``. A job ``CANCELLED`` (by an operator, or by Slurm itself) is
+  reported ``killed`` with Slurm's words, unless its exit-code file says it completed.
 """
 
 from __future__ import annotations
@@ -245,10 +246,10 @@ class SlurmSystem(BatchSystem):
         for job in unexplained:
             record = (records or {}).get(job.native_id or "")
             if record is None:
-                said = "(no longer known to Slurm)"
+                reports[job.job_id] = ended_report(job, "(no longer known to Slurm)")
             else:
                 said = f"(Slurm accounting: state {record[1]}, exit code {record[2]})"
-            reports[job.job_id] = ended_report(job, said)
+                reports[job.job_id] = ended_report(job, said, SLURM_STATES.get(record[1]))
         return reports
 
     def find_in_accounting(self, job: JobSpec) -> str | None:

@@ -22,19 +22,8 @@ import pymongo
 
 from execution_engine.mongod import EmbeddedMongo, free_port
 from execution_engine.proc import process_tree
-from execution_engine.systems.local import SlotPool
 
 READY_TIMEOUT = 120.0
-
-
-def hold_local_slot(state_dir: Path, system: str) -> int:
-    """Take the only slot of the one-slot Local system ``system`` of the daemon whose state
-    directory is ``state_dir``, as a running job of it would: the system then has no room until
-    the returned descriptor is closed."""
-    fd = SlotPool(state_dir / "systems" / system / "slots", 1).try_acquire()
-    if fd is None:
-        raise RuntimeError(f"the slot of Local system {system} is already taken")
-    return fd
 
 
 def machine_info(mongod_binary: str) -> dict[str, Any]:

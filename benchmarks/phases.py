@@ -1,4 +1,4 @@
-"""The benchmark's measurements against a running :class:`~sim.bench_env.BenchEngine`.
+"""The benchmark's measurements against a running :class:`~benchmarks.env.BenchEngine`.
 
 * :func:`engine_throughput`: N trivial jobs in one ``insert_many``; from just before the insert
   to the last ``notification.sent_at`` (every job ended and notified).
@@ -25,8 +25,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo.collection import Collection
 
+from benchmarks.env import BenchEngine, cpu_seconds, rss_kb
 from execution_engine.states import ALL_STATE_VALUES
-from sim.bench_env import BenchEngine, cpu_seconds, rss_kb
 from sim.report import ENDED, NOTIFIED, latencies, summarize
 
 POLL = 0.25

@@ -6,8 +6,8 @@ engines run at once, as two daemons on one mongod (the one not measured frozen w
 are measured in alternate order in each round, next to the plain pool; the per-round ratio B/A
 is what to read.
 
-    python -m sim.bench_ab                   # HEAD against the working tree, 6 rounds
-    python -m sim.bench_ab --base main~3 --rounds 10 --jobs 4000
+    python -m benchmarks.ab                   # HEAD against the working tree, 6 rounds
+    python -m benchmarks.ab --base main~3 --rounds 10 --jobs 4000
 
 Revision A is checked out with ``git worktree`` into the temporary directory (so this needs the
 git checkout the package runs from) and removed at the end.
@@ -25,18 +25,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.engine import Pool, Subject
+from benchmarks.env import BenchDatabase, BenchEngine, EngineOptions
+from benchmarks.phases import engine_throughput, warm_up
+from benchmarks.printing import print_cpu, say
 from execution_engine.store import connect
-from sim.bench_env import BenchDatabase, BenchEngine, EngineOptions
-from sim.bench_phases import engine_throughput, warm_up
-from sim.bench_print import print_cpu, say
-from sim.benchmark import Pool, Subject
 
 SOURCE = Path(__file__).resolve().parents[1]
 """The checkout this package runs from: the working tree (B)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sim.bench_ab", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n")[0])
     p.add_argument("--base", default="HEAD", help="git revision of engine A (default HEAD)")
     p.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
     p.add_argument("--jobs", type=int, default=2000, help="jobs per run (default 2000)")
@@ -56,7 +56,7 @@ def checkout(revision: str, where: Path) -> Iterator[Path]:
     try:
         git("worktree", "add", "--detach", str(where), revision)
     except subprocess.CalledProcessError as exc:
-        raise SystemExit(f"bench_ab: cannot check out {revision!r}: {exc.stderr.strip()}"
+        raise SystemExit(f"benchmarks.ab: cannot check out {revision!r}: {exc.stderr.strip()}"
                          ) from None
     try:
         yield where

@@ -1,4 +1,4 @@
-"""The cluster benchmark, run by hand: ``python -m sim.bench_clusters [options]``.
+"""The cluster benchmark, run by hand: ``python -m benchmarks.clusters [options]``.
 
 It needs the clusters of ``scripts/provision-clusters.sh`` and starts its own mongod and its own
 daemons (``execd run``); it measures, in one run:
@@ -32,8 +32,9 @@ daemons (``execd run``); it measures, in one run:
     counter and by wrapper scripts in the system's ``bin_dir`` that log every invocation of
     the real command), DRMAA ``jobStatus`` requests per call for Grid Engine (DRMAA 1.0 has no
     bulk status call: one request per job within the one pass). The counting is done by a
-    drop-in systems plugin (``counted_ogs``, ``counted_torque``, ``counted_slurm``): subclasses
-    of the real systems that append one line per ``get_statuses`` call to a file.
+    drop-in systems plugin, :mod:`benchmarks.plugins.counted_systems` (``counted_ogs``,
+    ``counted_torque``, ``counted_slurm``): subclasses of the real systems that append one line
+    per ``get_statuses`` call to a file.
 
 Figures are printed (and written as JSON with ``--json``); nothing here is a pass/fail test.
 """
@@ -41,7 +42,6 @@ Figures are printed (and written as JSON with ``--json``); nothing here is a pas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -52,7 +52,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,120 +61,24 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+from benchmarks.env import BenchDatabase, BenchEngine, EngineOptions, machine_info
+from benchmarks.pool import forge_job_dir
+from benchmarks.printing import say
 from execution_engine.systems.base import EXIT_CODE_NAME, SCHEDULER_LOG_NAME, SCRIPT_NAME
 from execution_engine.systems.ogs import OgsSystem, parse_qstat_xml
-from sim.bench_env import BenchDatabase, BenchEngine, EngineOptions, machine_info
-from sim.bench_pool import forge_job_dir
-from sim.bench_print import say
+from tests.support.cluster_env import DEFAULTS, cluster_environment
 
-ENV_FILE = Path("/etc/profile.d/execd-clusters.sh")
 ENDED = ("finished", "error", "killed")
 ACTIVE = ("submitted", "pending", "running", "hold")
-DEFAULTS = {
-    "SGE_ROOT": "/var/lib/gridengine",
-    "SGE_CELL": "default",
-    "DRMAA_LIBRARY_PATH": "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0",
-    "EXECD_TORQUE_BIN": "/opt/slurm-torque/bin",
-}
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct")
 TORQUE_COMMANDS = ("qsub", "qstat", "qdel", "qhold", "qrls")
 WARM_UP = 5
 """Jobs each side runs, untimed, before its measured run (sessions open, caches warm)."""
 STATUS_COMMANDS = {"slurm": ("squeue", "sacct"), "torque": ("qstat",)}
-
-COUNTED_SYSTEMS = '''\
-"""Counted cluster systems: the real classes, plus one line per ``get_statuses`` call."""
-
-import json
-import time
-
-from execution_engine import execution_system
-from execution_engine.systems.ogs import OgsSystem
-from execution_engine.systems.slurm import SlurmSystem
-from execution_engine.systems.torque import TorqueSystem
-
-COUNT_OPTION = {"count_file": 'string(default="")'}
-
-
-def _record(system, jobs, began, commands, requests):
-    line = {"at": time.time(), "jobs": jobs, "seconds": time.monotonic() - began,
-            "commands": commands, "drmaa_requests": requests}
-    with open(system.options["count_file"], "a") as out:
-        out.write(json.dumps(line) + "\\n")
-
-
-@execution_system
-class CountedOgs(OgsSystem):
-    kind = "counted_ogs"
-    option_spec = {**OgsSystem.option_spec, **COUNT_OPTION}
-
-    def get_statuses(self, jobs):
-        jobs = list(jobs)
-        session, _ = self.session()
-        requests = [0]
-        if not hasattr(session, "_bench_job_status"):
-            session._bench_job_status = session.jobStatus
-        real = session._bench_job_status
-
-        def job_status(job_id):
-            requests[0] += 1
-            return real(job_id)
-
-        session.jobStatus = job_status
-        began = time.monotonic()
-        try:
-            return super().get_statuses(jobs)
-        finally:
-            session.jobStatus = real
-            _record(self, len(jobs), began, 0, requests[0])
-
-
-@execution_system
-class CountedSlurm(SlurmSystem):
-    kind = "counted_slurm"
-    option_spec = {**SlurmSystem.option_spec, **COUNT_OPTION}
-
-    def get_statuses(self, jobs):
-        jobs = list(jobs)
-        before, began = self.status_commands, time.monotonic()
-        try:
-            return super().get_statuses(jobs)
-        finally:
-            _record(self, len(jobs), began, self.status_commands - before, 0)
-
-
-@execution_system
-class CountedTorque(TorqueSystem):
-    kind = "counted_torque"
-    option_spec = {**TorqueSystem.option_spec, **COUNT_OPTION}
-
-    def get_statuses(self, jobs):
-        jobs = list(jobs)
-        backend = self.backend
-        before, began = backend.status_commands, time.monotonic()
-        try:
-            return super().get_statuses(jobs)
-        finally:
-            _record(self, len(jobs), began, backend.status_commands - before, 0)
-'''
-
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+"""The drop-in systems plugin folder of the counted systems (:mod:`benchmarks.plugins`)."""
 
 # ---------------------------------------------------------------------- clusters
-def cluster_environment(defaults: Mapping[str, str] | None = None) -> dict[str, str]:
-    """SGE_ROOT, SGE_CELL, DRMAA_LIBRARY_PATH, EXECD_TORQUE_BIN: this process's environment,
-    else the provisioning's env file (its ``export NAME=value`` lines), else ``defaults``."""
-    found = dict(defaults or {})
-    with contextlib.suppress(OSError):
-        for line in ENV_FILE.read_text().splitlines():
-            key, sep, value = line.removeprefix("export ").partition("=")
-            if line.startswith("export ") and sep and key in DEFAULTS and "$" not in value:
-                found[key] = value.strip().strip("'\"")
-    for name in DEFAULTS:
-        if os.environ.get(name):
-            found[name] = os.environ[name]
-    return found
-
-
 def ogs_options(env: dict[str, str]) -> dict[str, str]:
     return {"library": env["DRMAA_LIBRARY_PATH"], "sge_root": env["SGE_ROOT"],
             "sge_cell": env["SGE_CELL"]}
@@ -337,7 +241,7 @@ def run_direct(root: Path, env: dict[str, str], count: int, *, round_no: int,
     process_env = {**os.environ, **env, **OgsSystem.process_environment(ogs_options(env))}
     process_env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-m", "sim.bench_clusters", "--direct-worker",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.clusters", "--direct-worker",
                              str(spec)], capture_output=True, text=True, env=process_env,
                             timeout=timeout + 120, check=False)
     if result.returncode != 0:
@@ -487,7 +391,7 @@ def counting_bin_dir(directory: Path, real: Path, commands: Sequence[str], log: 
 def system_section(kind: str, env: dict[str, str], root: Path, count_file: Path,
                    command_log: Path) -> str:
     """The counted system's section (plus plugins and route)."""
-    plugins = f"[plugins]\nsystems = {root / 'plugins'}\n"
+    plugins = f"[plugins]\nsystems = {PLUGINS}\n"
     if kind == "ogs":
         return ogs_section(env, "bench", "counted_ogs", f"count_file = {count_file}", plugins)
     if kind == "slurm":
@@ -551,9 +455,6 @@ def status_phase(root: Path, db: BenchDatabase, env: dict[str, str], args: argpa
                  ) -> list[StatusWindow]:
     say(f"\n(b) Status calls per cycle: {', '.join(args.sizes)} active jobs, "
         f"{args.window:.0f}s window, status_interval {args.status_interval:g}s")
-    plugins = root / "plugins"
-    plugins.mkdir(exist_ok=True)
-    (plugins / "counted_systems.py").write_text(COUNTED_SYSTEMS)
     results = []
     for kind in args.systems:
         count_file = root / f"status-{kind}.jsonl"
@@ -621,7 +522,7 @@ def measure_status(kind: str, jobs: Collection[Any], size: int, *, count_file: P
 
 # ---------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sim.bench_clusters",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.clusters",
                                 description=__doc__.split("\n\n")[0] if __doc__ else "")
     p.add_argument("--jobs", type=int, default=200, help="jobs of the submission phase (a)")
     p.add_argument("--rounds", type=int, default=10,

@@ -1,4 +1,4 @@
-"""The engine benchmark, run by hand: ``python -m sim.benchmark [options]``.
+"""The engine benchmark, run by hand: ``python -m benchmarks.engine [options]``.
 
 It starts its own mongod and its own daemons and measures, in one run (see docs/benchmark.md):
 
@@ -32,17 +32,15 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from execution_engine.store import connect
-from sim.bench_env import (
+from benchmarks.env import (
     BenchDatabase,
     BenchEngine,
     EngineOptions,
-    hold_local_slot,
     machine_info,
 )
-from sim.bench_phases import ThroughputResult, engine_throughput, idle_latency, preload, warm_up
-from sim.bench_pool import PoolRun, forge_job_dir, forge_job_dirs, run_pool
-from sim.bench_print import (
+from benchmarks.phases import ThroughputResult, engine_throughput, idle_latency, preload, warm_up
+from benchmarks.pool import PoolRun, forge_job_dir, forge_job_dirs, run_pool
+from benchmarks.printing import (
     print_cpu,
     print_mongod_ops,
     print_profile,
@@ -51,30 +49,16 @@ from sim.bench_print import (
     print_steps,
     say,
 )
-from sim.bench_profile import Profiler
+from benchmarks.profiling import Profiler
+from execution_engine.store import connect
 from sim.report import summarize
+from tests.support.local_slots import BUSY_SYSTEM, hold_local_slot
 
 PHASES = ("throughput", "latency", "scale")
-BUSY_SYSTEM = """\
-    [[busy]]
-    # A saturated system: its only slot is held from outside (bench_env.hold_local_slot).
-    class = local
-    slots = 1
-    slot_wait = 0
-
-    [routes]
-    [[busy]]
-    system = busy
-    rules = project_in
-    [[[project_in]]]
-    projects = busy
-    [[default]]
-    system = local
-    """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sim.benchmark",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.engine",
                                 description="Benchmark execd against a plain subprocess pool.")
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated, among {', '.join(PHASES)} (default: all)")

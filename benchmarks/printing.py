@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.bench_phases import ThroughputResult
-from sim.bench_profile import summarize_profile
+from benchmarks.phases import ThroughputResult
+from benchmarks.profiling import summarize_profile
 
 
 def say(text: str = "") -> None:

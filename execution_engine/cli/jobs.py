@@ -1,0 +1,228 @@
+"""Job commands, all through the client library (:mod:`execution_engine.client`): ``submit``,
+``jobs``, ``show``, ``wait``, ``kill``, ``hold``, ``release``, ``fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from execution_engine.cli.apps import add_submit_app_options, parse_inputs, parse_split
+from execution_engine.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    as_json,
+    env_options,
+    fmt_time,
+    opened_client,
+    print_table,
+)
+from execution_engine.client import JobStatus
+from execution_engine.config import EngineConfig
+from execution_engine.errors import ConfigError
+from execution_engine.states import JobState
+
+SHOWN_FIELDS = ("state", "status_message", "reason", "name", "owner", "project", "command",
+                "system", "route", "native_id", "host", "exit_code", "job_dir", "created_at",
+                "submitted_at", "started_at", "ended_at")
+
+
+def add_commands(sub: Any) -> None:
+    """Add the job commands to ``sub``, the subparsers of ``execd``."""
+    p = sub.add_parser("submit", help="submit a job: execd submit [options] -- CMD [ARG...]")
+    p.add_argument("--name")
+    p.add_argument("--owner", help="owner (an email address is notified at the end)")
+    p.add_argument("--project")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE")
+    p.add_argument("--no-notify", action="store_true", help="do not notify the owner")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    add_submit_app_options(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--state", choices=[s.value for s in JobState], metavar="STATE")
+    p.add_argument("--owner")
+    p.add_argument("--project")
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("--no-subjobs", action="store_true",
+                        help="leave out the subjobs of split jobs (their masters are listed)")
+    family.add_argument("--parent", metavar="JOB", help="list the subjobs of split job JOB")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("show", help="show one job")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("wait", help="wait for a job to end (exit 0 if it finished with code 0)")
+    p.add_argument("job")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("kill", help="cancel a job wherever it is")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_kill)
+    p = sub.add_parser("hold", help="hold a queued job on its execution system")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_hold)
+    p = sub.add_parser("release", help="release a held job")
+    p.add_argument("job")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("fetch", help="copy a job's outputs into a folder, verified")
+    p.add_argument("job")
+    p.add_argument("dest", help="destination folder (made if missing)")
+    p.add_argument("--mark", action="store_true", help="once all are verified, mark the "
+                   "outputs fetched on the job")
+    p.set_defaults(func=cmd_fetch)
+
+
+def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Insert a command job (``execd submit -- CMD ARG...``) or an application job
+    (``execd submit --app NAME --input NAME=VALUE...``); prints its id."""
+    command = args.command[1:] if args.command and args.command[0] == "--" else args.command
+    common: dict[str, Any] = {
+        "name": args.name, "owner": args.owner, "project": args.project,
+        "environment": env_options(args.env), "notify": False if args.no_notify else None}
+    if args.app:
+        if [a for a in command if a != "--"]:
+            raise ConfigError("submit: give either --app or a command, not both")
+        inputs = parse_inputs(args.input or [], args.link or [])
+        splitter = parse_split(args.split)
+        with opened_client(config) as client:
+            job = client.submit(app=args.app, app_version=args.app_version, inputs=inputs,
+                                splitter=splitter, **common)
+    else:
+        if not command:
+            raise ConfigError("submit: give the command after '--', e.g. execd submit -- echo hi")
+        with opened_client(config) as client:
+            job = client.submit(command, **common)
+    print(job.id)
+    return EXIT_OK
+
+
+def cmd_jobs(config: EngineConfig, args: argparse.Namespace) -> int:
+    with opened_client(config) as client:
+        docs = [job.document for job in client.jobs(
+            owner=args.owner, state=args.state, project=args.project, parent=args.parent,
+            subjobs=not args.no_subjobs, limit=args.limit)]
+    if args.json:
+        print(as_json(docs))
+        return EXIT_OK
+    print_table(("ID", "STATE", "NAME", "OWNER", "SYSTEM", "UPDATED"), [
+        (str(d["_id"]), str(d.get("state", "?")), str(d.get("name", "-"))[:30],
+         str(d.get("owner", "-"))[:24], str(d.get("system", "-")),
+         fmt_time(d.get("updated_at") or d.get("created_at"))) for d in docs])
+    return EXIT_OK
+
+
+def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
+    with opened_client(config) as client:
+        doc = client.job(args.job).document
+    if args.json:
+        print(as_json(doc))
+        return EXIT_OK
+    print(f"job {doc['_id']}")
+    built = doc.get("built_command")
+    for field in SHOWN_FIELDS:
+        if field == "command" and isinstance(built, list):
+            # What the engine built and ran, not what a client may have written since.
+            print(f"  {'command:':<16}{built}")
+            if doc.get("command") != built:
+                print(f"  {'':<16}(the document's command was changed after building; "
+                      "that change is not run)")
+        elif field in doc and doc[field] not in (None, ""):
+            value = doc[field]
+            shown = fmt_time(value) if field.endswith("_at") else value
+            print(f"  {field + ':':<16}{shown}")
+    if doc.get("cancel_requested"):
+        print(f"  {'cancel:':<16}requested")
+    if isinstance(doc.get("hold_requested"), bool):
+        print(f"  {'hold:':<16}{'requested' if doc['hold_requested'] else 'release requested'}")
+    notification = doc.get("notification")
+    if notification:
+        print(f"  {'notification:':<16}{notification.get('state')}"
+              + (f" ({notification['error']})" if notification.get("error") else ""))
+    if doc.get("outputs"):
+        print("  outputs:")
+        for out in doc["outputs"]:
+            print(f"    {out['path']} ({out.get('size')} bytes)")
+    if doc.get("history"):
+        print("  history:")
+        for entry in doc["history"]:
+            message = f"  {entry['message']}" if entry.get("message") else ""
+            print(f"    {fmt_time(entry.get('at'))}  {entry.get('state')}{message}")
+    return EXIT_OK
+
+
+def cmd_wait(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Exit 0 when the job finished with exit code 0; 1 when it ended otherwise; 124 on
+    timeout (as timeout(1) does)."""
+    with opened_client(config) as client:
+        job = client.job(args.job)
+        state = job.wait(args.timeout, poll_interval=0.2)
+        if state is None:
+            print(f"execd: job {args.job} still {job.status.state} after {args.timeout}s",
+                  file=sys.stderr)
+            return EXIT_TIMEOUT
+    status = JobStatus.from_document(job.document)
+    detail = f": {status.message}" if status.message else ""
+    print(f"{job.id} {state}{detail}")
+    return EXIT_OK if state == JobState.FINISHED.value and status.exit_code == 0 else EXIT_FAIL
+
+
+def cmd_kill(config: EngineConfig, args: argparse.Namespace) -> int:
+    with opened_client(config) as client:
+        status = client.job(args.job).cancel()
+    if status.ended:
+        print(f"{status.job_id} already ended ({status.state})")
+    else:
+        print(f"{status.job_id} cancellation requested (was {status.state})")
+    return EXIT_OK
+
+
+def cmd_hold(config: EngineConfig, args: argparse.Namespace) -> int:
+    with opened_client(config) as client:
+        status = client.job(args.job).hold()
+    return _report_hold(status, "hold")
+
+
+def cmd_release(config: EngineConfig, args: argparse.Namespace) -> int:
+    with opened_client(config) as client:
+        status = client.job(args.job).release()
+    return _report_hold(status, "release")
+
+
+def _report_hold(status: JobStatus, what: str) -> int:
+    if status.ended:
+        print(f"{status.job_id} already ended ({status.state}): nothing to {what}")
+    else:
+        print(f"{status.job_id} {what} requested (state {status.state})")
+    return EXIT_OK
+
+
+def cmd_fetch(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Copy a job's listed outputs into DEST, each verified before it is renamed into place;
+    with ``--mark``, mark them fetched once all are there. Exit 1 if any could not be."""
+    dest = Path(args.dest)
+    with opened_client(config) as client:
+        job = client.job(args.job)
+        report = job.fetch(dest, mark=args.mark)
+        total = len(job.outputs())
+    if not total:
+        print(f"job {job.id} has no outputs")
+        return EXIT_OK
+    for problem in report.problems:
+        print(f"execd: {problem}", file=sys.stderr)
+    already = f" ({len(report.present)} already there)" if report.present else ""
+    print(f"fetched {len(report.fetched)} of {total} outputs of job {job.id} "
+          f"into {dest}{already}")
+    if report.problems:
+        return EXIT_FAIL
+    if args.mark:
+        print(f"marked {len(report.fetched)} outputs fetched")
+    return EXIT_OK
