@@ -72,6 +72,12 @@ REQUESTS = ("cancel_requested", "hold_requested")
 """The fields a client may write into a job it already submitted: booleans."""
 
 
+SUBMISSION_BOOKKEEPING = ("submission", "kill", "native_id", "exit_code")
+"""Fields the engine writes from submission on: a job claimed for building starts without
+them, whatever a client inserted (a forged ``submission.retry_at`` would hold it back for
+ever, a ``native_id`` would name a process it never started)."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -291,7 +297,9 @@ class JobStore:
         Only jobs whose ``engine_state`` agrees with ``current`` are taken (a client's rewrite
         of ``state`` claims nothing), and a new job only when it can be worked on at all: not
         larger than ``max_document_bytes`` and with a history the engine can append to (the
-        sweep refuses the others, :meth:`enforce_engine_states`).
+        sweep refuses the others, :meth:`enforce_engine_states`). A job claimed for building
+        starts without the fields of :data:`SUBMISSION_BOOKKEEPING`. A job recovered from a
+        dead actor (``recoveries``) is claimed alone, once no other job waits.
         """
         if new not in TRANSITIONS[current]:
             raise ValueError(f"{current.value!r} -> {new.value!r} is not a job transition")
@@ -304,8 +312,13 @@ class JobStore:
         update = state_update(new, by=owner, now=now, record=record, inc=inc, fields={
             "lease": {"owner": owner, "token": token,
                       "until": now + timedelta(seconds=lease_seconds)},
-        })
-        return self._claim(filt, update, token, limit)
+        }, unset=SUBMISSION_BOOKKEEPING if current is JobState.TO_BE_BUILT else ())
+        # A job whose actor died holding it may be what killed it: it is claimed alone, and
+        # only when no other job waits, so that a second death quarantines it and no other.
+        docs = self._claim({**filt, "recoveries": {"$exists": False}}, update, token, limit)
+        if not docs:
+            docs = self._claim({**filt, "recoveries": {"$exists": True}}, update, token, 1)
+        return docs
 
     def _workable(self) -> list[dict[str, Any]]:
         """Conditions a new job must meet before any actor works on it."""
@@ -335,8 +348,9 @@ class JobStore:
         """Read candidates, take them with one ``update_many``, and return the ones taken.
 
         When the update took every candidate (the usual case), the documents already read are
-        returned with the claim's ``$set`` applied (other operators, such as ``$inc`` and
-        ``$push``, are not reflected); when others took some, ours are read back by token.
+        returned with the claim's ``$set`` and top-level ``$unset`` applied (other operators,
+        such as ``$inc`` and ``$push``, are not reflected); when others took some, ours are
+        read back by token.
         """
         docs = list(self.jobs.find(filt, {"history": 0}).sort("_id", 1).limit(limit))
         if not docs:
@@ -350,6 +364,8 @@ class JobStore:
         for doc in docs:
             for key, value in update["$set"].items():
                 _set_path(doc, key, value)
+            for key in update.get("$unset", ()):
+                doc.pop(key, None)
         return docs
 
     def renew_leases(self, job_ids: Sequence[Any], token: str, seconds: float) -> None:
@@ -471,7 +487,8 @@ class JobStore:
         engine holds gets its state back instead: :meth:`enforce_engine_states`)."""
         known = [s.value for s in JobState]
         done = 0
-        for doc in self.jobs.find({"state": {"$nin": known}},
+        for doc in self.jobs.find({"$or": [{"state": {"$nin": known}},
+                                           {"state": {"$type": "array"}}]},
                                   {"_id": 1, "state": 1, "engine_state": 1, "reason": 1}
                                   ).limit(limit):
             done += self._enforce_one(doc, by=by)
@@ -507,6 +524,26 @@ class JobStore:
                 done += self._enforce_one(doc, by=by)
         done += self.refuse_unworkable(by=by, job_ids=job_ids)
         return done
+
+    def refuse_forged_insert(self, job_id: Any, state: Any, engine_state: Any, *, by: str
+                             ) -> int:
+        """End in ``error`` (reason ``invalid_document``) a job a client inserted with an
+        ``engine_state`` of its own: the engine never inserts one, so the job's states are
+        not the engine's, whatever they say. A job the engine has moved on since (its states
+        are no longer the inserted ones) is left to the engine."""
+        message = (f"engine_state {_shown(engine_state)} was inserted by a client (with state "
+                   f"{_shown(state)}): a new job must be inserted with state 'to be built' "
+                   "and no engine_state")
+        update = state_update(JobState.ERROR, by=by, now=utcnow(), message=message,
+                              reason=Reason.INVALID_DOCUMENT.value, fields=end_fields(True))
+        filt = {"_id": {"$eq": job_id}, "state": {"$eq": state},
+                "engine_state": {"$eq": engine_state}}
+        result = self.jobs.update_one(filt, update)
+        if not result.modified_count:  # the history may be no list: start it afresh
+            result = self.jobs.update_one(filt, _with_fresh_history(update))
+        if result.modified_count:
+            log.warning("job %s refused: %s", job_id, message)
+        return result.modified_count
 
     def refuse_bad_requests(self, job_ids: Iterable[Any], *, by: str) -> int:
         """Remove client requests that are not booleans (``cancel_requested: "yes"``, ``1``),

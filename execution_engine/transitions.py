@@ -47,7 +47,9 @@ def same_state_filter(job_id: Any, states: Iterable[JobState],
     engine_values: list[Any] = list(values)
     if JobState.TO_BE_BUILT.value in values:
         engine_values.append(None)  # matches a missing field: a new job
-    filt: dict[str, Any] = {"_id": {"$eq": job_id}, "state": {"$in": values},
+    # A client's array state (``["to be built"]``) would otherwise match ``$in``.
+    filt: dict[str, Any] = {"_id": {"$eq": job_id},
+                            "state": {"$in": values, "$not": {"$type": "array"}},
                             "engine_state": {"$in": engine_values}}
     if lease_token is not None:
         filt["lease.token"] = {"$eq": lease_token}

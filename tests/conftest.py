@@ -179,6 +179,20 @@ def process_tree(pid: int) -> list[int]:
     return [p for p in all_processes(pid) if _alive(p)]
 
 
+def process_title(pid: int) -> str:
+    """The first word of ``pid``'s command line ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def is_engine_process(pid: int) -> bool:
+    """Whether ``pid`` is (still) an engine process: pids are reused, so a pid recorded earlier
+    is checked before it is signalled."""
+    return process_title(pid).startswith("execd: ")
+
+
 @dataclass
 class Engine:
     """A daemon under test and what the test needs to talk to it."""
@@ -240,10 +254,7 @@ class Engine:
         assert self.process is not None
         found: dict[str, list[int]] = {}
         for pid in process_tree(self.process.pid):
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-            except OSError:
-                continue
+            title = process_title(pid)
             if title.startswith("execd: "):
                 name = title.removeprefix("execd: ").strip()
                 found.setdefault(name, []).append(pid)
@@ -258,9 +269,9 @@ class Engine:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in self.pids_seen):
+        while time.monotonic() < deadline and any(is_engine_process(p) for p in self.pids_seen):
             time.sleep(0.1)
-        left = [p for p in self.pids_seen if _alive(p)]
+        left = [p for p in self.pids_seen if is_engine_process(p)]
         assert not left, f"processes left behind after stop: {left}"
 
     def kill_all(self) -> None:

@@ -44,7 +44,7 @@ from execution_engine.mongod import free_port, port_in_use
 from execution_engine.proc import process_start_time
 from execution_engine.reasons import Reason
 from execution_engine.systems.base import PID_NAME, SCRIPT_NAME, host_name
-from tests.conftest import Engine, Inbox, SmtpServer, _alive, process_tree
+from tests.conftest import Engine, Inbox, SmtpServer, _alive, is_engine_process, process_tree
 
 APPS = Path(__file__).parent / "apps"
 
@@ -190,11 +190,21 @@ def job_pid(job_dir: Path) -> int | None:
         return None
 
 
+def process_command(pid: int) -> str:
+    """``pid``'s whole command line and working directory ("" once it is gone): what tells a job's
+    process from an unrelated one that reused its pid."""
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace") + " " + str(Path(f"/proc/{pid}/cwd").readlink()))
+    except OSError:
+        return ""
+
+
 def kill_job_processes(job_dirs: list[Path]) -> None:
     """End what jobs of a failing test left running (their recorded process groups)."""
     for job_dir in job_dirs:
         pid = job_pid(job_dir)
-        if pid is not None and _alive(pid):
+        if pid is not None and _alive(pid) and str(job_dir) in process_command(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
 
@@ -233,7 +243,7 @@ def stop_engine(engine: Engine) -> None:
     except BaseException:
         if engine.process is not None:
             pids = set(engine.pids_seen) | set(process_tree(engine.process.pid))
-            for pid in pids:
+            for pid in filter(is_engine_process, pids):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         raise

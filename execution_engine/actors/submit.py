@@ -25,6 +25,7 @@ Results are written in batches, at least every :data:`FLUSH_AFTER` seconds, so t
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -98,6 +99,8 @@ class SubmitActor(Actor):
             return False
         pending: list[Change] = []
         flushed_at = time.monotonic()
+        for system in self.systems.values():  # what started must be known while a run waits
+            system.before_waiting = functools.partial(self._flush, pending)
         self.claimed_at = self.now()
         with LeaseKeeper(self.store, jobs, self.config.monitor.lease_seconds):
             for doc in jobs:
@@ -144,6 +147,11 @@ class SubmitActor(Actor):
 
         if job.cancel_requested and not job.submission_in_doubt:
             return self._cancelled(job)
+        spec = job.spec(self.config.engine.jobs_dir)
+        if "built_at" not in job.doc and not spec.script.exists():
+            return fail(f"state {job.doc.get('state')!r}: the engine never built this job (a new "
+                        "job must be inserted with state 'to be built')",
+                        Reason.INVALID_DOCUMENT)
         try:
             route_name, system_name = self._route(job)
         except RoutingError as exc:
@@ -154,7 +162,6 @@ class SubmitActor(Actor):
         if self._is_blocked(system_name):
             return self._put_back(job, system_name, route_name)
         system = self.systems[system_name]
-        spec = job.spec(self.config.engine.jobs_dir)
         try:
             native_id = system.find(spec) if job.submission_in_doubt else None
             if native_id is not None:

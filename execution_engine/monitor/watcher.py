@@ -7,7 +7,8 @@ building; ``to be submitted`` -> submit; active states and cancellations -> stat
 (:mod:`execution_engine.watch` says why and when).
 
 It also acts at once on writes no engine process makes: a job inserted in a state other than
-``to be built`` (or none), or a ``state`` set or removed without the engine's ``engine_state``
+``to be built`` (or none) or with an ``engine_state`` (the engine never inserts one), or a
+``state`` set or removed without the engine's ``engine_state``
 beside it, makes the store restore the engine's states (``JobStore.enforce_engine_states``); a
 state no one knows ends the job in ``error``; a cancellation of a job not yet submitted ends it.
 Writes made during a burst are not in any stream: the store is asked to restore states once
@@ -16,6 +17,7 @@ when the burst ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +63,7 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
         "operationType": 1,
         "documentKey": 1,
         "fullDocument.state": 1,
+        "fullDocument.engine_state": 1,
         "fullDocument.cancel_requested": 1,
         "updateDescription.updatedFields.state": 1,
         "updateDescription.updatedFields.engine_state": 1,
@@ -70,6 +73,14 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
         "updateDescription.removedFields": 1,
     }},
 ]
+
+
+FORGED_INSERTS: list[dict[str, Any]] = [
+    {"$match": {"operationType": "insert", "fullDocument.engine_state": {"$exists": True}}},
+    {"$project": {"documentKey": 1, "fullDocument.state": 1, "fullDocument.engine_state": 1}},
+]
+"""Inserts that carry an ``engine_state`` (the engine never inserts one): read from a stream of
+their own, open during bursts too, since nothing else tells them from the engine's jobs."""
 
 
 def pool_for_state(state: JobState | None) -> str | None:
@@ -91,7 +102,10 @@ def client_wrote_state(change: Mapping[str, Any]) -> bool:
     ``state`` without setting ``engine_state``."""
     operation = change.get("operationType")
     if operation == "insert":
-        state = (change.get("fullDocument") or {}).get("state")
+        doc = change.get("fullDocument") or {}
+        if "engine_state" in doc:
+            return False  # a forged insert: refused as such (ChangeWatcher.read_forged)
+        state = doc.get("state")
         return not (state is None or (isinstance(state, str) and state in INSERTABLE_STATES))
     if operation == "replace":
         return True
@@ -119,6 +133,8 @@ class ChangeWatcher:
         self.resume_token: Mapping[str, Any] | None = None
         self.polling = False
         """True when the server offers no change stream: the Monitor polls and sweeps often."""
+        self.forged: Any = None
+        self.forged_token: Mapping[str, Any] | None = None
 
     # ------------------------------------------------------------------ the stream
     def open(self) -> None:
@@ -143,12 +159,41 @@ class ChangeWatcher:
         # Work may have arrived before the stream opened: let every pool look once.
         for bell in self.bells.values():
             bell.ring()
+        self.open_forged()
+
+    def open_forged(self) -> None:
+        """Open the stream of :data:`FORGED_INSERTS` where it stopped (if not open)."""
+        if self.forged is not None or self.polling:
+            return
+        try:
+            self.forged = self.store.jobs.watch(FORGED_INSERTS, max_await_time_ms=1,
+                                                resume_after=self.forged_token)
+        except PyMongoError as exc:
+            log.warning("cannot watch for forged inserts: %s", exc)
+
+    def read_forged(self) -> None:
+        """Refuse the jobs inserted with an ``engine_state`` since the last read."""
+        if self.forged is None:
+            return
+        try:
+            change = self.forged.try_next()
+            while change is not None and not self._stopping():
+                doc = change.get("fullDocument") or {}
+                self._guard(functools.partial(
+                    self.store.refuse_forged_insert, (change.get("documentKey") or {}).get("_id"),
+                    doc.get("state"), doc.get("engine_state"), by="monitor"))
+                change = self.forged.try_next() if self.forged.alive else None
+            self.forged_token = self.forged.resume_token
+        except PyMongoError as exc:
+            log.warning("forged-insert stream interrupted, reopening: %s", exc)
+            self.forged = None
 
     def read(self) -> None:
         """Handle what the stream has (waiting up to its await time). A broken stream is
         reopened where it stopped; a burst closes it (reopened afresh after the burst)."""
         if self.stream is None:
             return
+        self.read_forged()
         try:
             change = self.stream.try_next()
             while change is not None and not self._stopping():
@@ -166,9 +211,10 @@ class ChangeWatcher:
             time.sleep(self.poll_interval)
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        for stream in (self.stream, self.forged):
+            if stream is not None:
+                stream.close()
+        self.stream = self.forged = None
 
     def on_change(self, change: Mapping[str, Any]) -> None:
         """Ring the pools one stream event concerns, and act on writes no engine makes."""
@@ -213,6 +259,8 @@ class ChangeWatcher:
     def poll_burst(self) -> None:
         """One poll during a burst: ring the pools that have work, act on cancellations and
         unknown states, and tell the burst watch whether the pipeline still holds jobs."""
+        self.open_forged()
+        self.read_forged()
         try:
             backlog = self.store.backlog()
         except PyMongoError as exc:

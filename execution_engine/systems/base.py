@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -225,6 +225,10 @@ class ExecutionSystem(ABC):
         a directory of this system's own under the engine's state directory."""
         self.name = name
         self.options = dict(options)
+        self.before_waiting: Callable[[], object] = _nothing
+        """Called by :meth:`run` before it waits for capacity (a system that queues jobs
+        itself never does): the engine records the submissions it has made so far, so that a
+        job started before the wait is not unknown during it."""
 
     @classmethod
     def process_environment(cls, options: Mapping[str, Any]) -> dict[str, str]:
@@ -295,6 +299,10 @@ class ExecutionSystem(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.kind})"
+
+
+def _nothing() -> None:
+    """The default :attr:`ExecutionSystem.before_waiting`."""
 
 
 def host_name() -> str:

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -111,19 +112,25 @@ class SlotPool:
             return fd
         return None
 
-    def acquire(self, wait: float, sleep: Callable[[float], object] = time.sleep) -> int:
+    def acquire(self, wait: float, sleep: Callable[[float], object] = time.sleep, *,
+                before_waiting: Callable[[], object] = lambda: None) -> int:
         """A free slot, waiting up to ``wait`` seconds; raises NoCapacity.
 
         ``sleep(seconds)`` waits between attempts; the Local system passes one that returns as
         soon as one of its own jobs exits (slots freed by other processes are seen at the next
-        attempt, at most 10 ms later).
+        attempt, at most 10 ms later). ``before_waiting()`` is called once, when no slot is
+        free at the first attempt.
         """
         deadline = time.monotonic() + wait
         delay = 0.0005
+        waited = False
         while True:
             fd = self.try_acquire()
             if fd is not None:
                 return fd
+            if not waited:
+                before_waiting()
+                waited = True
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoCapacity("local", f"all {self.count} slots are busy")
@@ -245,7 +252,8 @@ class LocalSystem(ExecutionSystem):
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
         if self._children is None:
             self._children = PidWatcher(reap=True)
-        slot = self.slots.acquire(self.slot_wait, self._children.wait_exit)
+        slot = self.slots.acquire(self.slot_wait, self._children.wait_exit,
+                                  before_waiting=self.before_waiting)
         try:
             if slot == SLOT_FD:  # posix_spawn's dup2 onto itself would keep close-on-exec
                 moved = os.dup(slot)
@@ -315,18 +323,28 @@ class LocalSystem(ExecutionSystem):
     # ------------------------------------------------------------------ kill
     def kill(self, job: JobSpec, force: bool = False) -> None:
         """Signal the job's process group (TERM, or KILL when ``force``), if the native id names
-        the job's own running script (:func:`job_process`); a job that has ended, or an id that
-        is not the job's, is left alone (the latter with a warning)."""
-        if job.native_id is None:
+        the job's own running script (:func:`job_process`). An id that is not the job's is
+        never signalled (a warning says so): the script the job's directory records is, if it
+        still runs. A job that has ended is left alone."""
+        native_id = job.native_id
+        if native_id is None:
             return
         pid = job_process(job)
         if pid is None:
-            if read_exit_code(job) is None and _names_live_process(job.native_id):
+            if read_exit_code(job) is None and _names_live_process(native_id):
                 log.warning("%s: refusing to kill job %s: %s is not a process the engine "
-                            "started for it", self.name, job.job_id, job.native_id)
-            return
+                            "started for it", self.name, job.job_id, native_id)
+            # The job's own process, from what its script recorded (the document's native id
+            # may have been rewritten by a client): that one is still the job's to end.
+            recorded = self.find(job)
+            if recorded is None or recorded == native_id:
+                return
+            native_id = recorded
+            pid = job_process(dataclasses.replace(job, native_id=native_id))
+            if pid is None:
+                return
         signum = signal.SIGKILL if force else signal.SIGTERM
-        records.record_kill(job.job_dir, job.native_id, signum.name)
+        records.record_kill(job.job_dir, native_id, signum.name)
         try:
             os.killpg(pid, signum)
         except OSError as exc:
