@@ -129,7 +129,7 @@ class SystemSection:
     """One ``[systems]`` sub-section: an execution system's name, class and raw options.
 
     The options are checked against the class's own option spec when the system is created
-    (:mod:`execution_engine.registry`), with errors naming this section.
+    (:mod:`execution_engine.plugins`), with errors naming this section.
     """
 
     name: str

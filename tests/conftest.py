@@ -115,13 +115,22 @@ def secure_mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMo
     server.stop()
 
 
+@contextlib.contextmanager
+def scratch_database(mongo_uri: str) -> Iterator[str]:
+    """The name of a database of its own, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        client: MongoClient[Any] = MongoClient(mongo_uri)
+        client.drop_database(name)
+        client.close()
+
+
 @pytest.fixture
 def database(mongo_uri: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    yield name
-    client: MongoClient[Any] = MongoClient(mongo_uri)
-    client.drop_database(name)
-    client.close()
+    with scratch_database(mongo_uri) as name:
+        yield name
 
 
 @pytest.fixture
@@ -159,14 +168,23 @@ class SmtpServer:
         return self.inbox.messages
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
+@contextlib.contextmanager
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free local port, keeping what it receives."""
     inbox = Inbox()
     port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
-    yield SmtpServer("127.0.0.1", port, inbox)
-    controller.stop()
+    try:
+        yield SmtpServer("127.0.0.1", port, inbox)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with smtp_server() as server:
+        yield server
 
 
 # ---------------------------------------------------------------------- the daemon

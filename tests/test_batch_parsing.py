@@ -16,7 +16,7 @@ import pytest
 
 from execution_engine.config import SystemSection
 from execution_engine.errors import ConfigError, SubmissionRejected, SystemUnavailable
-from execution_engine.registry import system_options
+from execution_engine.plugins import system_options
 from execution_engine.states import JobState
 from execution_engine.systems import drmaa_base, ogs, slurm, torque
 from execution_engine.systems.base import PID_NAME, ExecutionSystem, Resources

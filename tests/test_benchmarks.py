@@ -13,7 +13,7 @@ import pytest
 import setuptools
 
 from execution_engine.config import parse_config
-from execution_engine.registry import load_registry
+from execution_engine.plugins import load_registry
 from tests.conftest import ROOT
 
 PLUGINS = ROOT / "benchmarks" / "plugins"

@@ -11,7 +11,7 @@ from configobj import ConfigObj
 
 from execution_engine.config import load_config, parse_config
 from execution_engine.errors import ConfigError
-from execution_engine.registry import load_registry
+from execution_engine.plugins import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,6 @@ import os
 import random
 import string
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from execution_engine.monitor import FAILING_RESTARTS
@@ -371,12 +369,9 @@ def engine_jobs_dir(engine: Engine) -> Path:
 
 
 @pytest.fixture
-def fuzz_root(tmp_path: Path, mongo_uri: str) -> Iterator[tuple[Path, str]]:
-    database = f"t_{uuid.uuid4().hex[:10]}"
-    yield tmp_path, database
-    client: MongoClient[Any] = MongoClient(mongo_uri)
-    client.drop_database(database)
-    client.close()
+def fuzz_root(tmp_path: Path, database: str) -> tuple[Path, str]:
+    """A directory and a database of the test's own."""
+    return tmp_path, database
 
 
 def test_a_thousand_hostile_documents_among_good_jobs(fuzz_root: tuple[Path, str],

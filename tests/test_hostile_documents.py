@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from bson import ObjectId
 from pymongo import MongoClient
 
@@ -44,7 +43,15 @@ from execution_engine.mongod import free_port, port_in_use
 from execution_engine.proc import process_start_time
 from execution_engine.reasons import Reason
 from execution_engine.systems.base import PID_NAME, SCRIPT_NAME, host_name
-from tests.conftest import Engine, Inbox, SmtpServer, _alive, is_engine_process, process_tree
+from tests.conftest import (
+    Engine,
+    SmtpServer,
+    _alive,
+    is_engine_process,
+    process_tree,
+    scratch_database,
+    smtp_server,
+)
 
 APPS = Path(__file__).parent / "apps"
 
@@ -89,6 +96,17 @@ def make_engine(root: Path, mongo_uri: str, database: str, extra: str = "",
     if start:
         engine.start()
     return engine
+
+
+def engine_with_plugin(root: Path, mongo_uri: str, database: str, kind: str, *, source: str,
+                       extra: str) -> Engine:
+    """A daemon with one drop-in plugin module, ``source``, in its ``[plugins] kind`` folder
+    (``systems`` or ``routing_rules``)."""
+    folder = root / kind
+    folder.mkdir()
+    (folder / "plugin.py").write_text(textwrap.dedent(source))
+    return make_engine(root, mongo_uri, database,
+                       f"[plugins]\n{kind} = {folder}\n\n" + textwrap.dedent(extra))
 
 
 def check_reason(doc: dict[str, Any], state: str = "error", reason: str | None = None,
@@ -159,7 +177,8 @@ def wait_docs(engine: Engine, ids: list[Any], predicate: Callable[[dict[str, Any
 
 
 def ended(doc: dict[str, Any]) -> bool:
-    return doc.get("state") in ENDED
+    """Ended by the engine: a state a client inserts (``finished``) comes without a reason."""
+    return doc.get("state") in ENDED and "reason" in doc
 
 
 def wait_ended(engine: Engine, ids: list[Any], timeout: float = WAIT) -> list[dict[str, Any]]:
@@ -308,12 +327,8 @@ class Hostile:
 
 @pytest.fixture(scope="module")
 def module_smtp() -> Iterator[SmtpServer]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield SmtpServer("127.0.0.1", port, inbox)
-    controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +339,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
     outside.mkdir()
     inputs = root / "inputs"
     inputs.mkdir()
-    database = f"t_{uuid.uuid4().hex[:10]}"
+    scratch = contextlib.ExitStack()
+    database = scratch.enter_context(scratch_database(mongo_uri))
     extra = f"""\
         [notification]
         smtp_host = {module_smtp.host}
@@ -346,15 +362,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
     for app in (APPS / "square", APPS / "linecount", loopy):
         engine.cli("app", "add", str(app))
     hostile = Hostile(engine, module_smtp, root, outside, inputs)
-    try:
-        yield hostile
-    finally:
+    with scratch:
         try:
-            stop_engine(engine)
+            yield hostile
         finally:
-            client: MongoClient[Any] = MongoClient(mongo_uri)
-            client.drop_database(database)
-            client.close()
+            stop_engine(engine)
 
 
 @pytest.fixture
@@ -812,12 +824,9 @@ def test_minor_a_refused_lines_split_leaves_no_chunk_files(hostile: Hostile) -> 
 
 # ---------------------------------------------------------------------- own daemons
 @pytest.fixture
-def own_root(tmp_path: Path, mongo_uri: str) -> Iterator[tuple[Path, str]]:
-    database = f"t_{uuid.uuid4().hex[:10]}"
-    yield tmp_path, database
-    client: MongoClient[Any] = MongoClient(mongo_uri)
-    client.drop_database(database)
-    client.close()
+def own_root(tmp_path: Path, database: str) -> tuple[Path, str]:
+    """A directory and a database of the test's own."""
+    return tmp_path, database
 
 
 @contextlib.contextmanager
@@ -863,13 +872,8 @@ IN_DOUBT_SYSTEM = """\
 def test_12_cancel_during_an_in_doubt_submission_asks_the_system(
         own_root: tuple[Path, str], mongo_uri: str) -> None:
     root, database = own_root
-    plugins = root / "systems"
-    plugins.mkdir()
-    (plugins / "indoubt.py").write_text(textwrap.dedent(IN_DOUBT_SYSTEM))
-    engine = make_engine(root, mongo_uri, database, f"""\
-        [plugins]
-        systems = {plugins}
-
+    engine = engine_with_plugin(root, mongo_uri, database, "systems", source=IN_DOUBT_SYSTEM,
+                                extra="""\
         [systems]
         [[doubtful]]
         class = indoubt
@@ -1035,13 +1039,8 @@ def test_a_document_that_crashes_an_actor_is_quarantined(own_root: tuple[Path, s
     """A document that kills its actor (twice) is set aside with a reason; the actor is not
     restarted again and again, and the other jobs go on."""
     root, database = own_root
-    rules = root / "rules"
-    rules.mkdir()
-    (rules / "crash.py").write_text(textwrap.dedent(CRASHING_RULE))
-    engine = make_engine(root, mongo_uri, database, f"""\
-        [plugins]
-        routing_rules = {rules}
-
+    engine = engine_with_plugin(root, mongo_uri, database, "routing_rules",
+                                source=CRASHING_RULE, extra="""\
         [systems]
         [[local]]
         class = local

@@ -31,9 +31,9 @@ from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.job import Job
 from execution_engine.logs import job_extra, log_to_queue
+from execution_engine.plugins import Registry, load_registry
 from execution_engine.proc import close_on_exec_all, die_with_parent, parent_gone
 from execution_engine.reasons import Reason
-from execution_engine.registry import Registry, load_registry
 from execution_engine.routing.guard import RESTART_AFTER_ABANDONED
 from execution_engine.states import JobState
 from execution_engine.store import JobStore, utcnow

@@ -44,7 +44,7 @@ from execution_engine.notifications import (
     notification_channels,
     render,
 )
-from execution_engine.registry import load_registry
+from execution_engine.plugins import load_registry
 from execution_engine.store import utcnow
 from execution_engine.transitions import NotificationOutcome
 

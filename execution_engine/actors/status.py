@@ -36,8 +36,8 @@ from execution_engine.apps.outputs import app_outputs, failed_phase_message, job
 from execution_engine.errors import SystemUnavailable
 from execution_engine.job import Job
 from execution_engine.logs import job_extra
+from execution_engine.plugins import create_systems
 from execution_engine.reasons import Reason, exit_reason
-from execution_engine.registry import create_systems
 from execution_engine.states import JobState
 from execution_engine.systems.base import ExecutionSystem, StatusReport, host_name
 from execution_engine.transitions import Change, Mark, Transition, end_fields, transition

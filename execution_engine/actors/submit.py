@@ -41,8 +41,8 @@ from execution_engine.errors import (
 )
 from execution_engine.job import Job
 from execution_engine.logs import job_extra
+from execution_engine.plugins import create_systems
 from execution_engine.reasons import Reason
-from execution_engine.registry import create_systems
 from execution_engine.routing.router import Router
 from execution_engine.states import JobState
 from execution_engine.systems.base import ExecutionSystem, host_name

@@ -56,23 +56,13 @@ class StagingError(AppError):
 def _open_folder(job_dir: Path, target: str) -> int:
     """A descriptor of the directory that will hold ``target``, made on the way, each step
     opened relative to the one before without following a symbolic link."""
-    fd = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    relative = PurePosixPath()
     try:
-        for part in target.split("/")[:-1]:
-            relative = relative / part
-            try:
-                child = safefs.open_dir_at(fd, part, job_dir / relative, create=True)
-            except safefs.UnsafePathError as exc:
-                what = "a symbolic link: staging through it could escape the job directory" \
-                    if "symbolic link" in exc.why else "not a directory"
-                raise StagingError(f"{relative} in the job directory is {what}") from None
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return safefs.open_dirs(job_dir, PurePosixPath(target).parent, create=True)
+    except safefs.UnsafePathError as exc:
+        relative = Path(exc.path).relative_to(job_dir)
+        what = "a symbolic link: staging through it could escape the job directory" \
+            if "symbolic link" in exc.why else "not a directory"
+        raise StagingError(f"{relative} in the job directory is {what}") from None
 
 
 def stage(source: Path, job_dir: Path, target: str, action: str) -> Path:

@@ -64,7 +64,7 @@ def add_commands(sub: Any) -> None:
 
 def check_plugins(config: EngineConfig) -> None:
     """Load every plugin once, so that a broken one stops the start with its reason."""
-    from execution_engine.registry import load_registry
+    from execution_engine.plugins import load_registry
 
     load_registry(config)
 

@@ -25,7 +25,7 @@ def cmd_route(config: EngineConfig, args: argparse.Namespace) -> int:
     configuration, with every route's and every rule's verdict. Exit 0 when a route accepts it.
     """
     # Imported here: plugin loading is only for the commands that need it.
-    from execution_engine.registry import load_registry
+    from execution_engine.plugins import load_registry
     from execution_engine.routing.dispatcher import Dispatcher
     from execution_engine.routing.guard import RuleGuard, RuleTimeout
 
@@ -62,7 +62,7 @@ def cmd_route(config: EngineConfig, args: argparse.Namespace) -> int:
 def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
     """The configured execution systems, the loaded system classes and rules with where each
     comes from (built-in, a folder's file, an entry point), and the routes."""
-    from execution_engine.registry import load_registry
+    from execution_engine.plugins import load_registry
     from execution_engine.routing.context import Capabilities
 
     registry = load_registry(config)

@@ -193,7 +193,6 @@ class ChangeWatcher:
         reopened where it stopped; a burst closes it (reopened afresh after the burst)."""
         if self.stream is None:
             return
-        self.read_forged()
         try:
             change = self.stream.try_next()
             while change is not None and not self._stopping():
@@ -205,6 +204,7 @@ class ChangeWatcher:
                     return
                 change = self.stream.try_next() if self.stream.alive else None
             self.resume_token = self.stream.resume_token
+            self.read_forged()  # a long run of events must not hold forged inserts back
         except PyMongoError as exc:
             log.warning("change stream interrupted, polling until it reopens: %s", exc)
             self.stream = None
