@@ -19,11 +19,10 @@ from execution_engine.config import EngineConfig
 from execution_engine.errors import BuildError, InvalidJob
 from execution_engine.job import Job
 from execution_engine.jobdoc import check_job
-from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
+from execution_engine.jobscript import forge_script, job_environment, make_job_dir
 from execution_engine.routing.router import Router
 from execution_engine.states import JobState
 from execution_engine.store import JobStore
-from execution_engine.systems.base import SCRIPT_NAME
 
 
 @dataclass(frozen=True)
@@ -84,13 +83,12 @@ class JobBuilder:
         """Make ``job_dir`` (never through a symbolic link), ``stage`` inputs into it, and write
         the job script running ``command`` or ``body``; raises BuildError."""
         jobs_dir = self.config.engine.jobs_dir
+        script = forge_script(job_id=job.id_text, job_dir=str(job_dir), command=command,
+                              body=body, environment=self.environment(job, job_dir))
         try:
-            make_job_dir(job_dir, jobs_dir)
+            make_job_dir(job_dir, jobs_dir, script=script)
             if stage is not None:
                 stage(job_dir)
-            script = forge_script(job_id=job.id_text, job_dir=str(job_dir), command=command,
-                                  body=body, environment=self.environment(job, job_dir))
-            write_script(job_dir / SCRIPT_NAME, script, jobs_dir)
         except OSError as exc:
             raise BuildError(job.id, f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc

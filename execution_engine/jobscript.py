@@ -25,6 +25,7 @@ from execution_engine.systems.base import (
     ENGINE_DIR,
     EXIT_CODE_NAME,
     PID_NAME,
+    SCRIPT_FILE,
     STDERR_NAME,
     STDOUT_NAME,
 )
@@ -94,7 +95,7 @@ exit "$execd_code"
 
 
 def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | None = None,
-                 owner: tuple[int, int] | None = None) -> None:
+                 owner: tuple[int, int] | None = None, script: str | None = None) -> None:
     """Make ``job_dir`` and its ``.execd`` folder below ``jobs_dir``, never through a symbolic
     link: every component below ``jobs_dir`` (the project's folder, the job's, ``.execd``) is
     opened relative to its parent without following links, and made when missing (mode 0777
@@ -108,7 +109,10 @@ def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | Non
     ``mode`` and ``owner`` (uid, gid), when given, are set on the job's folder and its
     ``.execd`` through their open descriptors (``fchmod``/``fchown``, no path looked up again),
     for a job that runs as another account: the folders above them stay the engine's, so no
-    other account can swap them meanwhile."""
+    other account can swap them meanwhile.
+
+    ``script``, when given, is written as the job script (``.execd/job.sh``, as
+    :func:`write_script` does) through the descriptors already open."""
     root = job_dir.parent.parent if jobs_dir is None else jobs_dir
     relative = job_dir.relative_to(root)  # ValueError: not below the root (an engine bug)
     with safefs.opened_dirs(root, relative.as_posix(), create=True) as fd:
@@ -119,6 +123,9 @@ def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | Non
                     os.fchmod(folder, mode)
                 if owner is not None:
                     os.fchown(folder, *owner)
+            if script is not None:
+                safefs.write_file_at(engine_fd, SCRIPT_FILE, script.encode(),
+                                     job_dir / ENGINE_DIR / SCRIPT_FILE, mode=0o755)
         finally:
             os.close(engine_fd)
 

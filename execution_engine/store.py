@@ -42,6 +42,7 @@ from execution_engine.states import (
     parse_state,
 )
 from execution_engine.transitions import (
+    BY_ID,
     HISTORY_LIMIT,
     NOTIFY_DUE,
     Change,
@@ -71,6 +72,16 @@ NOT_ENDED = [s.value for s in JobState if s not in ENDED_STATES]
 REQUESTS = ("cancel_requested", "hold_requested")
 """The fields a client may write into a job it already submitted: booleans."""
 
+
+TOO_LARGE = frozenset({10334, 17419})
+"""Server error codes of a write that would take a document past 16 MiB."""
+
+CLAIM_INDEX = "claim"
+"""New jobs in ``_id`` order by ``state``."""
+ACTIVE_INDEX = "active_by_system"
+"""The jobs a Status actor follows, by system, host and ``engine_state``."""
+LIVE_INDEX = "engine_live"
+"""Every job the engine holds and has not ended (partial on ``engine_state``)."""
 
 SUBMISSION_BOOKKEEPING = ("submission", "kill", "native_id", "exit_code")
 """Fields the engine writes from submission on: a job claimed for building starts without
@@ -140,7 +151,7 @@ class JobStore:
         # Leases are found through the state index (few jobs are building or submitting at
         # once) and claims read back by _id: no index on lease fields, which change at every
         # claim and release and would cost an index write each time.
-        self.jobs.create_index([("state", ASCENDING), ("_id", ASCENDING)], name="claim")
+        self.jobs.create_index([("state", ASCENDING), ("_id", ASCENDING)], name=CLAIM_INDEX)
         # The Submit actor claims waiting jobs of the systems that have room: one index range
         # per system, merged in _id order, so that a saturated system's backlog is never read.
         self.jobs.create_index(
@@ -151,12 +162,15 @@ class JobStore:
         # have written into ``state`` since.
         self.jobs.create_index(
             [("system", ASCENDING), ("host", ASCENDING), ("engine_state", ASCENDING)],
-            name="active_by_system",
+            name=ACTIVE_INDEX,
             partialFilterExpression={"engine_state": {"$in": [s.value for s in ACTIVE_STATES]}},
         )
         # The sweep that restores the engine's state after a client rewrote it.
+        # Keyed on fields that do not change while a job lives (MongoDB refuses a partial index
+        # on _id alone), so that its steps cost no index write: only its first and its end. No
+        # query names these keys: the sweep names the index.
         self.jobs.create_index(
-            [("engine_state", ASCENDING), ("_id", ASCENDING)], name="engine_live",
+            [("_id", ASCENDING), ("owner", ASCENDING)], name=LIVE_INDEX,
             partialFilterExpression={"engine_state": {"$in": NOT_ENDED}},
         )
         self.jobs.create_index(
@@ -308,24 +322,33 @@ class JobStore:
         filt: dict[str, Any] = {**same_state_filter(None, (current,)), **(extra_filter or {})}
         del filt["_id"]
         if current is JobState.TO_BE_BUILT:
-            filt["$and"] = [*filt.get("$and", []), *self._workable()]
+            filt["$and"] = [*filt.get("$and", []), *self._workable(sized=False)]
         update = state_update(new, by=owner, now=now, record=record, inc=inc, fields={
             "lease": {"owner": owner, "token": token,
                       "until": now + timedelta(seconds=lease_seconds)},
         }, unset=SUBMISSION_BOOKKEEPING if current is JobState.TO_BE_BUILT else ())
         # A job whose actor died holding it may be what killed it: it is claimed alone, and
         # only when no other job waits, so that a second death quarantines it and no other.
-        docs = self._claim({**filt, "recoveries": {"$exists": False}}, update, token, limit)
+        # New jobs are read in _id order off the claim index; waiting ones by system (the
+        # planner picks the per-system index, which skips the backlog of a full system).
+        index = CLAIM_INDEX if current is JobState.TO_BE_BUILT else None
+        docs = self._claim({**filt, "recoveries": {"$exists": False}}, update, token, limit,
+                           index)
         if not docs:
-            docs = self._claim({**filt, "recoveries": {"$exists": True}}, update, token, 1)
+            docs = self._claim({**filt, "recoveries": {"$exists": True}}, update, token, 1,
+                               index)
         return docs
 
-    def _workable(self) -> list[dict[str, Any]]:
-        """Conditions a new job must meet before any actor works on it."""
-        return [
-            {"$or": [{"history": {"$exists": False}}, {"history": {"$type": "array"}}]},
-            {"$expr": {"$lt": [{"$bsonSize": "$$ROOT"}, WRITABLE_BYTES]}},
-        ]
+    @staticmethod
+    def _workable(*, sized: bool = True) -> list[dict[str, Any]]:
+        """Conditions a new job must meet before any actor works on it. Without ``sized``,
+        the size is left out (costly to evaluate per document: a claim meets a document too
+        large for its write as a write error, :data:`TOO_LARGE`, and refuses it then)."""
+        conditions: list[dict[str, Any]] = [
+            {"$or": [{"history": {"$exists": False}}, {"history": {"$type": "array"}}]}]
+        if sized:
+            conditions.append({"$expr": {"$lt": [{"$bsonSize": "$$ROOT"}, WRITABLE_BYTES]}})
+        return conditions
 
     def claim_notifications(self, *, owner: str, limit: int, lease_seconds: float
                             ) -> list[dict[str, Any]]:
@@ -343,8 +366,8 @@ class JobStore:
         }
         return self._claim(filt, update, token, limit)
 
-    def _claim(self, filt: Mapping[str, Any], update: Mapping[str, Any], token: str, limit: int
-               ) -> list[dict[str, Any]]:
+    def _claim(self, filt: Mapping[str, Any], update: Mapping[str, Any], token: str, limit: int,
+               index: str | None = None) -> list[dict[str, Any]]:
         """Read candidates, take them with one ``update_many``, and return the ones taken.
 
         When the update took every candidate (the usual case), the documents already read are
@@ -352,12 +375,22 @@ class JobStore:
         such as ``$inc`` and ``$push``, are not reflected); when others took some, ours are
         read back by token.
         """
-        docs = list(self.jobs.find(filt, {"history": 0}).sort("_id", 1).limit(limit))
+        cursor = self.jobs.find(filt, {"history": 0}).sort("_id", 1).limit(limit)
+        docs = list(cursor if index is None else cursor.hint(index))
         if not docs:
             return []
         ids = [d["_id"] for d in docs]
         # The filter is repeated so that a job another actor took in between is left alone.
-        taken = self.jobs.update_many({**filt, "_id": {"$in": ids}}, update).modified_count
+        try:
+            taken = self.jobs.update_many({**filt, "_id": {"$in": ids}}, update,
+                                          hint=BY_ID).modified_count
+        except WriteError as exc:
+            if exc.code not in TOO_LARGE:
+                raise
+            # A new job so close to 16 MiB that the claim's fields do not fit: refused (the
+            # update stopped there; the jobs it took before are ours, read back below).
+            self.refuse_unworkable(by=update["$set"]["lease"]["owner"], job_ids=ids)
+            taken = -1
         if taken != len(ids):
             return list(self.jobs.find({"_id": {"$in": ids}, "lease.token": token},
                                        {"history": 0}))
@@ -514,13 +547,16 @@ class JobStore:
             queries = [{"_id": {"$in": list(job_ids)}}]
         else:
             queries = [
-                {"engine_state": {"$in": NOT_ENDED}, **differs},
+                {"engine_state": {"$in": NOT_ENDED}, **differs},  # hinted: LIVE_INDEX
                 {"state": {"$in": NOT_ENDED}, "engine_state": {"$exists": True}, **differs},
                 {"state": {"$in": NOT_ENDED[1:]}, "engine_state": {"$exists": False}},
             ]
         done = 0
         for query in queries:
-            for doc in self.jobs.find(query, projection).limit(SWEEP_LIMIT):
+            cursor = self.jobs.find(query, projection).limit(SWEEP_LIMIT)
+            if job_ids is None and query is queries[0]:
+                cursor = cursor.hint(LIVE_INDEX)
+            for doc in cursor:
                 done += self._enforce_one(doc, by=by)
         done += self.refuse_unworkable(by=by, job_ids=job_ids)
         return done
@@ -682,7 +718,7 @@ class JobStore:
         }
         if host is not None:
             filt["host"] = host
-        return list(self.jobs.find(filt, {"history": 0, "outputs": 0}))
+        return list(self.jobs.find(filt, {"history": 0, "outputs": 0}).hint(ACTIVE_INDEX))
 
     # ------------------------------------------------------------------ split jobs
     def insert_subjobs(self, docs: list[dict[str, Any]]) -> list[Any]:

@@ -41,6 +41,8 @@ def test_a_job_directory_and_its_engine_folder_are_made_and_made_again(jobs_dir:
     write_script(job_dir / ".execd" / "job.sh", "#!/bin/sh\n", jobs_dir)
     script = job_dir / ".execd" / "job.sh"
     assert script.read_text() == "#!/bin/sh\n" and os.access(script, os.X_OK)
+    make_job_dir(job_dir, jobs_dir, script="#!/bin/sh\necho two\n")  # made and written at once
+    assert script.read_text() == "#!/bin/sh\necho two\n" and os.access(script, os.X_OK)
     # The default root is the grandparent, as in <jobs_dir>/<project>/<id>.
     make_job_dir(jobs_dir / "other" / "j2")
     assert (jobs_dir / "other" / "j2" / ".execd").is_dir()
@@ -90,6 +92,8 @@ def test_a_script_is_never_written_through_a_link_or_a_hard_link(
         write_script(script, "#!/bin/sh\n", jobs_dir)
     with pytest.raises(UnsafePathError, match=r"job\.sh is a symbolic link"):
         write_script(script, "#!/bin/sh\n")  # without a root: the name itself still is not
+    with pytest.raises(UnsafePathError, match=r"job\.sh is a symbolic link"):
+        make_job_dir(job_dir, jobs_dir, script="#!/bin/sh\n")  # as the builder writes it
     script.unlink()
     os.link(victim, script)
     with pytest.raises(UnsafePathError, match="has other hard links"):

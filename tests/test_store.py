@@ -96,11 +96,17 @@ def test_only_a_new_job_may_be_inserted(store: JobStore) -> None:
 
 def test_unclaimable_new_jobs_are_refused_naming_the_field(store: JobStore) -> None:
     bad_history = store.insert({"state": "to be built", "command": ["true"], "history": "x"})
+    # So close to 16 MiB that the claim's own fields do not fit: refused by the claim.
     huge = store.insert({"state": "to be built", "command": ["true"],
-                         "blob": "z" * (16 * 1024 * 1024 - 200 * 1024)})
-    assert store.claim(JobState.TO_BE_BUILT, JobState.BUILDING, owner="o", limit=10,
-                       lease_seconds=30) == []
-    assert store.refuse_unworkable(by="test") == 2
+                         "blob": "z" * (16 * 1024 * 1024 - 200)})
+    good = store.insert({"state": "to be built", "command": ["true"]})
+    def claim() -> list[Any]:
+        return [d["_id"] for d in store.claim(JobState.TO_BE_BUILT, JobState.BUILDING,
+                                              owner="o", limit=10, lease_seconds=30)]
+
+    assert claim() == []  # the claim stopped at the huge job, and refused it
+    assert claim() == [good]
+    assert store.refuse_unworkable(by="test") == 1  # the history, which no claim takes
     doc = store.get(bad_history)
     assert doc is not None and doc["state"] == "error"
     assert "history" in doc["status_message"] and isinstance(doc["history"], list)

@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 50
 """Saved submissions are written in batches of this many (or at the end of the claimed batch):
 a crash in between is covered by recovery through ``find``, so batching loses nothing."""
-FLUSH_AFTER = 0.05
-"""Seconds after which saved submissions are written even when the batch is not full."""
+FLUSH_AFTER = 0.25
+"""Seconds after which saved submissions are written even when the batch is not full (and at
+once when a system is about to wait for capacity: ``ExecutionSystem.before_waiting``), so that
+a started job is known, and can be cancelled, within this time."""
 
 
 class SubmitActor(Actor):

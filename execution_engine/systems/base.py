@@ -38,7 +38,8 @@ from execution_engine.systems import records
 #: Files the job script writes into the job directory, relative to it. The exit-code file is the
 #: truth about how a job ended: schedulers forget finished jobs, the file stays.
 ENGINE_DIR = records.ENGINE_DIR
-SCRIPT_NAME = f"{ENGINE_DIR}/job.sh"
+SCRIPT_FILE = "job.sh"
+SCRIPT_NAME = f"{ENGINE_DIR}/{SCRIPT_FILE}"
 EXIT_CODE_NAME = f"{ENGINE_DIR}/exit_code"
 PID_NAME = f"{ENGINE_DIR}/pid"
 SCHEDULER_LOG_NAME = f"{ENGINE_DIR}/scheduler.log"

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 SHELL = "/bin/sh"
 
+WAIT_PATIENCE = 0.05
+"""Seconds without a free slot after which a submission's wait counts as long
+(:attr:`ExecutionSystem.before_waiting` is called)."""
+
 
 def parse_native_id(native_id: str) -> tuple[int, int]:
     pid, _, start = native_id.partition(":")
@@ -118,19 +122,21 @@ class SlotPool:
 
         ``sleep(seconds)`` waits between attempts; the Local system passes one that returns as
         soon as one of its own jobs exits (slots freed by other processes are seen at the next
-        attempt, at most 10 ms later). ``before_waiting()`` is called once, when no slot is
-        free at the first attempt.
+        attempt, at most 10 ms later). ``before_waiting()`` is called once, when no slot has
+        been free for :data:`WAIT_PATIENCE` seconds (a wait for a trivial job's slot is not
+        worth telling).
         """
-        deadline = time.monotonic() + wait
+        started = time.monotonic()
+        deadline = started + wait
         delay = 0.0005
-        waited = False
+        told = False
         while True:
             fd = self.try_acquire()
             if fd is not None:
                 return fd
-            if not waited:
+            if not told and time.monotonic() - started >= WAIT_PATIENCE:
                 before_waiting()
-                waited = True
+                told = True
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoCapacity("local", f"all {self.count} slots are busy")
