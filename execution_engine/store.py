@@ -78,6 +78,8 @@ TOO_LARGE = frozenset({10334, 17419})
 
 CLAIM_INDEX = "claim"
 """New jobs in ``_id`` order by ``state``."""
+WAITING_INDEX = "waiting_by_system"
+"""Jobs waiting to be submitted, by system (partial on ``state``)."""
 ACTIVE_INDEX = "active_by_system"
 """The jobs a Status actor follows, by system, host and ``engine_state``."""
 LIVE_INDEX = "engine_live"
@@ -155,7 +157,7 @@ class JobStore:
         # The Submit actor claims waiting jobs of the systems that have room: one index range
         # per system, merged in _id order, so that a saturated system's backlog is never read.
         self.jobs.create_index(
-            [("system", ASCENDING), ("_id", ASCENDING)], name="waiting_by_system",
+            [("system", ASCENDING), ("_id", ASCENDING)], name=WAITING_INDEX,
             partialFilterExpression={"state": JobState.TO_BE_SUBMITTED.value},
         )
         # The Status actors follow what the engine handed to a system, whatever a client may
@@ -329,9 +331,11 @@ class JobStore:
         }, unset=SUBMISSION_BOOKKEEPING if current is JobState.TO_BE_BUILT else ())
         # A job whose actor died holding it may be what killed it: it is claimed alone, and
         # only when no other job waits, so that a second death quarantines it and no other.
-        # New jobs are read in _id order off the claim index; waiting ones by system (the
-        # planner picks the per-system index, which skips the backlog of a full system).
-        index = CLAIM_INDEX if current is JobState.TO_BE_BUILT else None
+        # New jobs are read in _id order off the claim index; waiting ones by system, off the
+        # per-system index (which skips the backlog of a full system). Named: the planner
+        # would otherwise weigh every index on the state fields at each claim.
+        index = {JobState.TO_BE_BUILT: CLAIM_INDEX,
+                 JobState.TO_BE_SUBMITTED: WAITING_INDEX}.get(current)
         docs = self._claim({**filt, "recoveries": {"$exists": False}}, update, token, limit,
                            index)
         if not docs:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bson.timestamp import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.apps.masters import SplitFollower
@@ -61,6 +62,7 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
     ]}},
     {"$project": {
         "operationType": 1,
+        "clusterTime": 1,
         "documentKey": 1,
         "fullDocument.state": 1,
         "fullDocument.engine_state": 1,
@@ -79,8 +81,9 @@ FORGED_INSERTS: list[dict[str, Any]] = [
     {"$match": {"operationType": "insert", "fullDocument.engine_state": {"$exists": True}}},
     {"$project": {"documentKey": 1, "fullDocument.state": 1, "fullDocument.engine_state": 1}},
 ]
-"""Inserts that carry an ``engine_state`` (the engine never inserts one): read from a stream of
-their own, open during bursts too, since nothing else tells them from the engine's jobs."""
+"""Inserts that carry an ``engine_state`` (the engine never inserts one): seen by the stream,
+and during a burst (when the stream is closed) by a watch of their own, since nothing else tells
+them from the engine's jobs."""
 
 
 def pool_for_state(state: JobState | None) -> str | None:
@@ -134,7 +137,7 @@ class ChangeWatcher:
         self.polling = False
         """True when the server offers no change stream: the Monitor polls and sweeps often."""
         self.forged: Any = None
-        self.forged_token: Mapping[str, Any] | None = None
+        """The watch for forged inserts, open during a burst (:meth:`open_forged`)."""
 
     # ------------------------------------------------------------------ the stream
     def open(self) -> None:
@@ -156,41 +159,18 @@ class ChangeWatcher:
             log.warning("cannot open the change stream: %s", exc)
             time.sleep(self.poll_interval)
             return
+        # A burst's watch for forged inserts ends once the stream sees them again: it is read
+        # once more now (up to a moment after the stream opened, so nothing falls between).
+        self.read_forged()
+        self.close_forged()
         # Work may have arrived before the stream opened: let every pool look once.
         for bell in self.bells.values():
             bell.ring()
-        self.open_forged()
-
-    def open_forged(self) -> None:
-        """Open the stream of :data:`FORGED_INSERTS` where it stopped (if not open)."""
-        if self.forged is not None or self.polling:
-            return
-        try:
-            self.forged = self.store.jobs.watch(FORGED_INSERTS, max_await_time_ms=1,
-                                                resume_after=self.forged_token)
-        except PyMongoError as exc:
-            log.warning("cannot watch for forged inserts: %s", exc)
-
-    def read_forged(self) -> None:
-        """Refuse the jobs inserted with an ``engine_state`` since the last read."""
-        if self.forged is None:
-            return
-        try:
-            change = self.forged.try_next()
-            while change is not None and not self._stopping():
-                doc = change.get("fullDocument") or {}
-                self._guard(functools.partial(
-                    self.store.refuse_forged_insert, (change.get("documentKey") or {}).get("_id"),
-                    doc.get("state"), doc.get("engine_state"), by="monitor"))
-                change = self.forged.try_next() if self.forged.alive else None
-            self.forged_token = self.forged.resume_token
-        except PyMongoError as exc:
-            log.warning("forged-insert stream interrupted, reopening: %s", exc)
-            self.forged = None
 
     def read(self) -> None:
         """Handle what the stream has (waiting up to its await time). A broken stream is
-        reopened where it stopped; a burst closes it (reopened afresh after the burst)."""
+        reopened where it stopped; a burst closes it (reopened afresh after the burst), and
+        watches for forged inserts from where it stopped until then."""
         if self.stream is None:
             return
         try:
@@ -199,16 +179,51 @@ class ChangeWatcher:
                 self.on_change(change)
                 if self.burst.on_event():
                     log.debug("burst: polling instead of reading the change stream")
+                    self.open_forged(change.get("clusterTime"))
                     self.stream.close()
                     self.stream, self.resume_token = None, None
                     return
                 change = self.stream.try_next() if self.stream.alive else None
             self.resume_token = self.stream.resume_token
-            self.read_forged()  # a long run of events must not hold forged inserts back
         except PyMongoError as exc:
             log.warning("change stream interrupted, polling until it reopens: %s", exc)
             self.stream = None
             time.sleep(self.poll_interval)
+
+    # ------------------------------------------------------------------ forged inserts
+    def open_forged(self, since: Timestamp | None) -> None:
+        """Watch :data:`FORGED_INSERTS` from ``since`` (the time of the main stream's last
+        event; a resume token of a stream with another filter cannot be resumed from): only
+        while the main stream is closed, so that the server reads its log once."""
+        try:
+            self.forged = self.store.jobs.watch(FORGED_INSERTS, max_await_time_ms=1,
+                                                start_at_operation_time=since)
+        except PyMongoError as exc:
+            log.warning("cannot watch for forged inserts during the burst: %s", exc)
+
+    def read_forged(self) -> None:
+        """Refuse the jobs inserted with an ``engine_state`` since the last read."""
+        if self.forged is None:
+            return
+        try:
+            change = self.forged.try_next()
+            while change is not None and not self._stopping():
+                self.refuse_forged(change)
+                change = self.forged.try_next() if self.forged.alive else None
+        except PyMongoError as exc:
+            log.warning("watch for forged inserts interrupted: %s", exc)
+            self.close_forged()
+
+    def close_forged(self) -> None:
+        if self.forged is not None:
+            self.forged.close()
+            self.forged = None
+
+    def refuse_forged(self, change: Mapping[str, Any]) -> None:
+        doc = change.get("fullDocument") or {}
+        self._guard(functools.partial(
+            self.store.refuse_forged_insert, (change.get("documentKey") or {}).get("_id"),
+            doc.get("state"), doc.get("engine_state"), by="monitor"))
 
     def close(self) -> None:
         for stream in (self.stream, self.forged):
@@ -227,6 +242,8 @@ class ChangeWatcher:
             fields = description.get("updatedFields") or {}
             raw_state = fields.get("state")
             cancel = fields.get("cancel_requested")
+        if change["operationType"] == "insert" and "engine_state" in doc:
+            self.refuse_forged(change)
         if client_wrote_state(change):
             key = (change.get("documentKey") or {}).get("_id")
             self._guard(lambda: self.store.enforce_engine_states(
@@ -259,7 +276,6 @@ class ChangeWatcher:
     def poll_burst(self) -> None:
         """One poll during a burst: ring the pools that have work, act on cancellations and
         unknown states, and tell the burst watch whether the pipeline still holds jobs."""
-        self.open_forged()
         self.read_forged()
         try:
             backlog = self.store.backlog()
