@@ -526,7 +526,7 @@ class JobStore:
         done = 0
         for doc in self.jobs.find({"$or": [{"state": {"$nin": known}},
                                            {"state": {"$type": "array"}}]},
-                                  {"_id": 1, "state": 1, "engine_state": 1, "reason": 1}
+                                  _ENFORCE_PROJECTION
                                   ).limit(limit):
             done += self._enforce_one(doc, by=by)
         return done
@@ -545,7 +545,7 @@ class JobStore:
         without, a sweep of every job not ended by either ``state`` or ``engine_state``.
         """
         differs = {"$expr": {"$ne": ["$state", "$engine_state"]}}
-        projection = {"_id": 1, "state": 1, "engine_state": 1, "reason": 1}
+        projection = _ENFORCE_PROJECTION
         queries: list[dict[str, Any]]
         if job_ids is not None:
             queries = [{"_id": {"$in": list(job_ids)}}]
@@ -621,6 +621,8 @@ class JobStore:
         engine_state = parse_state(engine)
         if engine_state in ENDED_STATES and "reason" not in doc:
             engine_state = None  # no job the engine ended lacks a reason: a forged document
+        elif engine_state is JobState.TO_BE_BUILT and "recoveries" not in doc:
+            engine_state = None  # the engine writes 'to be built' only when it recovers a job
         if engine_state is not None:
             message = (f"refused a client write of state {_shown(value)}: the job is "
                        f"{engine_state.value!r} (only documented requests change a job)")
@@ -829,6 +831,10 @@ class JobStore:
 
 
 _KEPT_WHEN_TOO_LARGE = ("_id", "owner", "name", "project", "notify", "parent", "index")
+
+
+_ENFORCE_PROJECTION = {"_id": 1, "state": 1, "engine_state": 1, "reason": 1, "recoveries": 1}
+"""What :meth:`JobStore._enforce_one` reads of a job."""
 
 
 def _notification_due(now: datetime) -> dict[str, Any]:

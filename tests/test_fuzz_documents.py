@@ -44,6 +44,7 @@ from tests.test_hostile_documents import (
     daemon_actors,
     engine_processes,
     foreign_sleep,
+    local_system,
     make_engine,
     native_id_of,
     refusal_recorded,
@@ -382,13 +383,8 @@ def test_a_thousand_hostile_documents_among_good_jobs(fuzz_root: tuple[Path, str
     outside.mkdir(parents=True)
     (around / "decoy.txt").write_text("must stay as it is\n")
     (around / "jobs").mkdir()
-    engine = make_engine(root, mongo_uri, database, """\
-        [systems]
-        [[local]]
-        class = local
-        slots = 4
-        kill_grace = 1
-        """, f"jobs_dir = {around / 'jobs'}\n", start=False)
+    engine = make_engine(root, mongo_uri, database, local_system(),
+                         f"jobs_dir = {around / 'jobs'}\n", start=False)
     with foreign_sleep() as sentinel:
         generator = Generator(SEED, outside, native_id_of(sentinel.pid))
         cases = [generator.bad() for _ in range(BAD_DOCUMENTS)]

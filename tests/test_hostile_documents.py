@@ -84,6 +84,13 @@ def engine_config(state_dir: Path, mongo_uri: str, database: str, extra: str = "
         """) + textwrap.dedent(extra)
 
 
+def local_system(slots: int = 4, **keys: object) -> str:
+    """The ``[systems]`` section of one Local system (``kill_grace`` 1 s unless given)."""
+    options = {"slots": slots, "kill_grace": 1, **keys}
+    return "[systems]\n[[local]]\nclass = local\n" + "".join(
+        f"{key} = {value}\n" for key, value in options.items())
+
+
 def make_engine(root: Path, mongo_uri: str, database: str, extra: str = "",
                 engine_extra: str = "", *, start: bool = True, embedded_uri: str = ""
                 ) -> Engine:
@@ -341,19 +348,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
     inputs.mkdir()
     scratch = contextlib.ExitStack()
     database = scratch.enter_context(scratch_database(mongo_uri))
-    extra = f"""\
+    extra = textwrap.dedent(f"""\
         [notification]
         smtp_host = {module_smtp.host}
         smtp_port = {module_smtp.port}
         retry_backoff = 0.5
         max_attempts = 2
 
-        [systems]
-        [[local]]
-        class = local
-        slots = 8
-        kill_grace = 1
-        """
+        """) + local_system(slots=8)
     engine = make_engine(root, mongo_uri, database, extra, f"input_dirs = {inputs}\n")
     loopy = root / "apps" / "loopy"
     loopy.mkdir(parents=True)
@@ -904,14 +906,7 @@ def test_12_cancel_during_an_in_doubt_submission_asks_the_system(
 def test_13_running_is_recorded_as_soon_as_the_process_starts(
         own_root: tuple[Path, str], mongo_uri: str) -> None:
     root, database = own_root
-    engine = make_engine(root, mongo_uri, database, """\
-        [systems]
-        [[local]]
-        class = local
-        slots = 2
-        kill_grace = 1
-        slot_wait = 15
-        """)
+    engine = make_engine(root, mongo_uri, database, local_system(slots=2, slot_wait=15))
     job_dirs: list[Path] = []
     with running(engine, job_dirs):
         ids = engine.store.jobs.insert_many(
@@ -1040,18 +1035,12 @@ def test_a_document_that_crashes_an_actor_is_quarantined(own_root: tuple[Path, s
     restarted again and again, and the other jobs go on."""
     root, database = own_root
     engine = engine_with_plugin(root, mongo_uri, database, "routing_rules",
-                                source=CRASHING_RULE, extra="""\
-        [systems]
-        [[local]]
-        class = local
-        slots = 4
-        kill_grace = 1
-
+                                source=CRASHING_RULE, extra=local_system() + textwrap.dedent("""
         [routes]
         [[all]]
         system = local
         rules = crash_on_poison_pill
-        """)
+        """))
     with running(engine):
         pill = engine.submit("true", name="poison-pill")
         goods = [engine.submit("echo", str(i)) for i in range(5)]
@@ -1135,13 +1124,7 @@ def test_filters_never_take_a_client_value_raw(own_root: tuple[Path, str], mongo
     db = client[database]
     db.create_collection("system.profile", capped=True, size=64 * 1024 * 1024)
     db.command("profile", 2)
-    engine = make_engine(root, mongo_uri, database, """\
-        [systems]
-        [[local]]
-        class = local
-        slots = 4
-        kill_grace = 1
-        """)
+    engine = make_engine(root, mongo_uri, database, local_system())
     try:
         with running(engine):
             ids = [engine.insert(poisoned(field)) for field in POISONED_FIELDS]

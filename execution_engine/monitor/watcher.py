@@ -138,6 +138,8 @@ class ChangeWatcher:
         """True when the server offers no change stream: the Monitor polls and sweeps often."""
         self.forged: Any = None
         """The watch for forged inserts, open during a burst (:meth:`open_forged`)."""
+        self.after_burst = False
+        """A burst ended: sweep for what clients wrote during it once the stream is open."""
 
     # ------------------------------------------------------------------ the stream
     def open(self) -> None:
@@ -163,6 +165,12 @@ class ChangeWatcher:
         # once more now (up to a moment after the stream opened, so nothing falls between).
         self.read_forged()
         self.close_forged()
+        if self.after_burst:
+            # Clients' writes of state during the burst were in no stream: looked for once,
+            # now that the stream sees every later one.
+            self.after_burst = False
+            self._guard(lambda: self.store.enforce_engine_states(by="monitor"))
+            self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
         # Work may have arrived before the stream opened: let every pool look once.
         for bell in self.bells.values():
             bell.ring()
@@ -300,8 +308,7 @@ class ChangeWatcher:
         self.split.note()  # subjobs may have moved
         if self.burst.on_poll(bool(states & PIPELINE_STATES)):
             log.debug("burst over: reading the change stream again")
-            # Clients' writes of state during the burst were not in any stream: look once.
-            self._guard(lambda: self.store.enforce_engine_states(by="monitor"))
+            self.after_burst = True
 
 
 def fields_of(change: Mapping[str, Any]) -> Mapping[str, Any]:
