@@ -545,22 +545,21 @@ class JobStore:
         without, a sweep of every job not ended by either ``state`` or ``engine_state``.
         """
         differs = {"$expr": {"$ne": ["$state", "$engine_state"]}}
-        projection = _ENFORCE_PROJECTION
-        queries: list[dict[str, Any]]
+        queries: list[tuple[dict[str, Any], str | None]]  # each with the index it reads
         if job_ids is not None:
-            queries = [{"_id": {"$in": list(job_ids)}}]
+            queries = [({"_id": {"$in": list(job_ids)}}, None)]
         else:
             queries = [
-                {"engine_state": {"$in": NOT_ENDED}, **differs},  # hinted: LIVE_INDEX
-                {"state": {"$in": NOT_ENDED}, "engine_state": {"$exists": True}, **differs},
-                {"state": {"$in": NOT_ENDED[1:]}, "engine_state": {"$exists": False}},
+                ({"engine_state": {"$in": NOT_ENDED}, **differs}, LIVE_INDEX),
+                ({"state": {"$in": NOT_ENDED}, "engine_state": {"$exists": True}, **differs},
+                 CLAIM_INDEX),
+                ({"state": {"$in": NOT_ENDED[1:]}, "engine_state": {"$exists": False}},
+                 CLAIM_INDEX),
             ]
         done = 0
-        for query in queries:
-            cursor = self.jobs.find(query, projection).limit(SWEEP_LIMIT)
-            if job_ids is None and query is queries[0]:
-                cursor = cursor.hint(LIVE_INDEX)
-            for doc in cursor:
+        for query, index in queries:
+            cursor = self.jobs.find(query, _ENFORCE_PROJECTION).limit(SWEEP_LIMIT)
+            for doc in cursor if index is None else cursor.hint(index):
                 done += self._enforce_one(doc, by=by)
         done += self.refuse_unworkable(by=by, job_ids=job_ids)
         return done

@@ -7,12 +7,13 @@ building; ``to be submitted`` -> submit; active states and cancellations -> stat
 (:mod:`execution_engine.watch` says why and when).
 
 It also acts at once on writes no engine process makes: a job inserted in a state other than
-``to be built`` (or none) or with an ``engine_state`` (the engine never inserts one), or a
-``state`` set or removed without the engine's ``engine_state``
+``to be built`` (or none), or a ``state`` set or removed without the engine's ``engine_state``
 beside it, makes the store restore the engine's states (``JobStore.enforce_engine_states``); a
-state no one knows ends the job in ``error``; a cancellation of a job not yet submitted ends it.
-Writes made during a burst are not in any stream: the store is asked to restore states once
-when the burst ends.
+job inserted with an ``engine_state`` (the engine never inserts one) is refused
+(``JobStore.refuse_forged_insert``); a state no one knows ends the job in ``error``; a
+cancellation of a job not yet submitted ends it. During a burst the stream is closed: forged
+inserts are watched for on their own, and the other writes of the burst are looked for once the
+stream is open again.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def client_wrote_state(change: Mapping[str, Any]) -> bool:
     if operation == "insert":
         doc = change.get("fullDocument") or {}
         if "engine_state" in doc:
-            return False  # a forged insert: refused as such (ChangeWatcher.read_forged)
+            return False  # a forged insert: refused as such (ChangeWatcher.refuse_forged)
         state = doc.get("state")
         return not (state is None or (isinstance(state, str) and state in INSERTABLE_STATES))
     if operation == "replace":
