@@ -87,6 +87,8 @@ echo $$ >{PID_NAME}
 # A TERM (a kill) goes to the command; the script waits for it and records its code.
 trap 'execd_term=1' TERM
 {exports}
+# A TERM that came before the command started (it reaches only what runs): nothing starts.
+[ -z "${{execd_term-}}" ] || {{ echo 143 >{EXIT_CODE_NAME}; exit 143; }}
 {run}
 execd_code=$?
 echo "$execd_code" >{EXIT_CODE_NAME}
