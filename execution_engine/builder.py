@@ -10,16 +10,20 @@ written back to the document, so that a query on them finds every job.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from execution_engine import safefs
 from execution_engine.config import EngineConfig
 from execution_engine.errors import BuildError, InvalidJob
 from execution_engine.job import Job
 from execution_engine.jobdoc import check_job
 from execution_engine.jobscript import forge_script, job_environment, make_job_dir
+from execution_engine.resubmission import set_aside_name
 from execution_engine.routing.router import Router
 from execution_engine.states import JobState
 from execution_engine.store import JobStore
@@ -86,6 +90,8 @@ class JobBuilder:
         script = forge_script(job_id=job.id_text, job_dir=str(job_dir), command=command,
                               body=body, environment=self.environment(job, job_dir))
         try:
+            if job.attempt > 1:
+                set_aside(job_dir, jobs_dir, job.attempt - 1)
             make_job_dir(job_dir, jobs_dir, script=script)
             if stage is not None:
                 stage(job_dir)
@@ -101,6 +107,27 @@ class JobBuilder:
             owner=job.owner, job_path=self.config.engine.job_path,
             extra=extra if isinstance(extra, Mapping) else None,
         )
+
+
+
+def set_aside(job_dir: Path, jobs_dir: Path, attempt: int) -> None:
+    """Move the directory of the job's attempt ``attempt`` out of the way of the next one:
+    renamed ``<job dir>.attempt-<attempt>`` beside it, relative to its parent's descriptor (a
+    link planted at the job directory is renamed itself, never followed). Harmless when done
+    already (the next attempt's build is then being made again) or when there is nothing."""
+    aside = Path(set_aside_name(str(job_dir), attempt)).name
+    try:
+        with safefs.opened_dirs(jobs_dir, job_dir.parent.relative_to(jobs_dir).as_posix()
+                                ) as parent_fd:
+            try:
+                os.stat(aside, dir_fd=parent_fd, follow_symlinks=False)
+                return  # set aside before: what stands at job_dir is the next attempt's
+            except FileNotFoundError:
+                pass
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(job_dir.name, aside, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+    except FileNotFoundError:
+        return  # no parent folder: the attempt never got a directory
 
 
 __all__ = ["Built", "JobBuilder"]

@@ -32,7 +32,9 @@ from execution_engine.apps.outputs import FetchReport, fetch_outputs
 from execution_engine.apps.registry import AppRegistry
 from execution_engine.config import EngineConfig, load_config
 from execution_engine.errors import ExecdError, NotRunning
-from execution_engine.jobdoc import new_job_document
+from execution_engine.job import Job as EngineJob
+from execution_engine.jobdoc import new_job_document, request_problems
+from execution_engine.resubmission import REQUEST
 from execution_engine.states import ENDED_STATES
 from execution_engine.store import JobStore, as_job_id, utcnow
 
@@ -111,6 +113,11 @@ class JobStatus:
     None before it acted on a request."""
     hold_error: str | None = None
     """Why the execution system could not hold or release the job (``hold.error``)."""
+    attempt: int = 1
+    """Which run of the job this is (a resubmission is a new attempt)."""
+    usage: Mapping[str, Any] | None = None
+    """What the ended job used, where its system can tell (``wall_s``, ``cpu_s``,
+    ``max_rss_mb``, ``signal``, ``node``)."""
 
     @property
     def ended(self) -> bool:
@@ -134,7 +141,8 @@ class JobStatus:
                    entries, doc.get("cancel_requested") is True,
                    hold if isinstance(hold, bool) else None,
                    done.get("held") if isinstance(done.get("held"), bool) else None,
-                   _text(done.get("error")))
+                   _text(done.get("error")), EngineJob(doc).attempt,
+                   doc["usage"] if isinstance(doc.get("usage"), Mapping) else None)
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,24 @@ class Job:
         """Ask the engine to release a held job (``hold_requested: false``); the status right
         after asking."""
         return self._request(self.client.store.request_hold(self.id, False))
+
+    def resubmit(self, requirements: Mapping[str, Any] | None = None) -> JobStatus:
+        """Ask the engine to run the ended job again as a new attempt (``resubmit_requested``),
+        with ``requirements`` changed when given (e.g. ``{"walltime_s": 7200}``); the status
+        right after asking. The earlier attempt's record stays in the job's ``attempts`` and
+        its files in ``<job dir>.attempt-<n>``.
+
+        Raises ValueError for requirements the job contract refuses, JobNotEnded when the job
+        has not ended (only an ended job runs again), UnknownJob when there is no such job."""
+        request: Any = True if requirements is None else {"requirements": dict(requirements)}
+        problems = request_problems(REQUEST, request)
+        if problems:
+            raise ValueError("; ".join(problems))
+        doc = self.client.store.request_resubmit(self.id, request)
+        if doc is None:
+            state = self.refresh().get("state")
+            raise JobNotEnded(f"job {self.id} is {state!r}: only an ended job runs again")
+        return self._request(doc)
 
     def _request(self, doc: dict[str, Any] | None) -> JobStatus:
         if doc is None:

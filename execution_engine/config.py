@@ -22,6 +22,7 @@ from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_value
 
 from execution_engine.errors import ConfigError
 from execution_engine.mongoaccess import read_credentials_file, redact_uri, with_credentials
+from execution_engine.resubmission import Policy
 
 SYSTEM_CONFIG_PATH = Path("/etc/execd/execd.ini")
 ENV_CONFIG = "EXECD_CONFIG"
@@ -150,6 +151,8 @@ class RouteSection:
     name: str
     system: str
     rules: tuple[RuleRef, ...]
+    resubmit: Policy = field(default_factory=Policy)
+    """What happens to a job whose attempt on this route failed (docs/failures.md)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,10 @@ class EngineConfig:
             if section.name == name:
                 return section
         raise KeyError(name)
+
+    def route(self, name: str) -> RouteSection | None:
+        """The route section called ``name``, or None."""
+        return next((route for route in self.routes if route.name == name), None)
 
     def describe_source(self) -> str:
         return str(self.path) if self.path else "built-in defaults"
@@ -334,6 +341,7 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
             rules=tuple(
                 RuleRef(rule, dict(section.get(rule, {}))) for rule in section["rules"]
             ),
+            resubmit=Policy.from_options(section, f"[routes][{name}]"),
         )
         for name, section in raw["routes"].items()
     ) or (RouteSection("default", systems[0].name, ()),)
@@ -344,7 +352,12 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
                 raise ValueError(
                     f"[routes][{name}][{sub_name}]: parameters for a rule that is not in this "
                     f"route's rules ({', '.join(sorted(listed)) or 'none'}); misspelled?")
+    route_names = {route.name for route in routes}
     for route in routes:
+        if route.resubmit.route is not None and route.resubmit.route not in route_names:
+            raise ValueError(
+                f"[routes][{route.name}] resubmit_route: {route.resubmit.route!r} is not a "
+                f"route (known: {', '.join(sorted(route_names))})")
         if route.system not in {s.name for s in systems}:
             raise ValueError(
                 f"[routes][{route.name}] system: {route.system!r} is not a section of [systems]"

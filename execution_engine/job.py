@@ -123,6 +123,32 @@ class Job:
     def hold_sent(self) -> bool:
         return _section(self.doc, "hold").get("held") is True
 
+    # ------------------------------------------------------------------ attempts
+    @property
+    def attempt(self) -> int:
+        """Which run of the job this is, from 1 (a resubmission is a new attempt)."""
+        value = self.doc.get("attempt")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+            else 1
+
+    @property
+    def attempts(self) -> list[Mapping[str, Any]]:
+        """The earlier attempts, oldest first (see execution_engine.resubmission)."""
+        value = self.doc.get("attempts")
+        return [a for a in value if isinstance(a, Mapping)] if isinstance(value, list) else []
+
+    @property
+    def next_route(self) -> str | None:
+        """The route a resubmission policy named for this attempt (its rules still apply)."""
+        if self.attempt < 2 or not self.attempts:
+            return None
+        return _text(self.attempts[-1].get("next_route"))
+
+    @property
+    def resubmit_policy(self) -> Mapping[str, Any] | None:
+        """The job's own ``resubmit`` overrides of its route's policy."""
+        return _mapping(self.doc.get("resubmit"))
+
     # ------------------------------------------------------------------ client requests
     @property
     def cancel_requested(self) -> bool:
@@ -156,6 +182,7 @@ class Job:
             project=self.project,
             resources=Resources.from_document(_mapping(self.doc.get("requirements"))),
             native_id=self.native_id,
+            attempt=self.attempt,
         )
 
 

@@ -138,6 +138,15 @@ def check_job(
 OBJECT_ID_TEXT = re.compile(r"^[0-9a-fA-F]{24}\Z")
 
 
+def request_problems(name: str, value: Any) -> list[str]:
+    """What is wrong with the value of the client request field ``name`` on its own, as the
+    schema says (checked inside the smallest valid job, so that only its own problems show)."""
+    probe = {"_id": "request", "state": "to be built", "command": ["true"], name: value}
+    return [problem for problem in check_job(probe, max_command_bytes=1 << 20,
+                                             max_document_bytes=16 << 20)
+            if problem.startswith(name)]
+
+
 def _id_problem(job_id: object) -> str | None:
     """Why ``job_id`` cannot be a job's id, for ids that would alias another job's (and so its
     job directory): only an ObjectId or a string is an id, and a string is never the text of

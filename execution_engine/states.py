@@ -9,6 +9,9 @@ the only place that decides what may follow what; the store refuses any other tr
          │             │               │                 │            hold      │
          └─────────────┴───────────────┴─────────────────┴──> finished | error | killed
 
+A new attempt (a resubmission, ``execution_engine.resubmission``) goes back to ``to be built``
+from an active state or, on its client's request, from an ended one: :data:`NEW_ATTEMPT_STATES`.
+
 A split master (a job with a ``splitter``, see ``execution_engine.apps.split``) goes from
 ``building`` straight to ``submitted`` on the ``split`` pseudo-system: it is never submitted
 anywhere, its subjobs are, and its state follows theirs (``execution_engine.apps.masters``).
@@ -85,7 +88,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.ERROR: frozenset(),
     JobState.KILLED: frozenset(),
 }
-"""What may follow each state. Ended states are final: a job ends exactly once."""
+"""What may follow each state. Ended states are final: a job ends exactly once per attempt."""
+
+NEW_ATTEMPT_STATES = ACTIVE_STATES | ENDED_STATES
+"""The states from which a job goes back to ``to be built`` as a new attempt, outside the table:
+an attempt that failed for a reason its resubmission policy lists (an active state: the job
+never ends in between), or an ended job its client asked to run again (``resubmit_requested``).
+Only :func:`execution_engine.transitions.new_attempt` makes that change."""
 
 
 def can_follow(current: JobState, new: JobState) -> bool:

@@ -16,6 +16,7 @@ single journaled write costs about a millisecond, so per-job round trips would c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import uuid
@@ -32,7 +33,9 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteError
 
 from execution_engine.job import Job
+from execution_engine.jobdoc import request_problems
 from execution_engine.reasons import Reason
+from execution_engine.resubmission import REQUEST, requested_attempt
 from execution_engine.states import (
     ACTIVE_STATES,
     ENDED_STATES,
@@ -49,6 +52,8 @@ from execution_engine.transitions import (
     Transition,
     end_fields,
     history_entry,
+    new_attempt,
+    push_history,
     same_state_filter,
     state_update,
     transition,
@@ -85,7 +90,7 @@ ACTIVE_INDEX = "active_by_system"
 LIVE_INDEX = "engine_live"
 """Every job the engine holds and has not ended (partial on ``engine_state``)."""
 
-SUBMISSION_BOOKKEEPING = ("submission", "kill", "native_id", "exit_code")
+SUBMISSION_BOOKKEEPING = ("submission", "kill", "native_id", "exit_code", "next_attempt_at")
 """Fields the engine writes from submission on: a job claimed for building starts without
 them, whatever a client inserted (a forged ``submission.retry_at`` would hold it back for
 ever, a ``native_id`` would name a process it never started)."""
@@ -190,6 +195,8 @@ class JobStore:
             name="hold",
             partialFilterExpression={"hold_requested": {"$exists": True}},
         )
+        self.jobs.create_index([(REQUEST, ASCENDING)], name="resubmit",
+                               partialFilterExpression={REQUEST: {"$exists": True}})
         self.jobs.create_index([("parent", ASCENDING), ("index", ASCENDING)], name="subjobs",
                                partialFilterExpression={"parent": {"$exists": True}})
         # Portals list one user's or one project's jobs, newest first.
@@ -210,6 +217,18 @@ class JobStore:
         doc: dict[str, Any] | None = self.jobs.find_one_and_update(
             {"_id": {"$eq": as_job_id(job_id)}},
             {"$set": {"cancel_requested": True}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return doc
+
+    def request_resubmit(self, job_id: Any, request: Any) -> dict[str, Any] | None:
+        """Ask for an ended job to run again (the documented client update
+        ``resubmit_requested``, already checked); the new document, None when there is no
+        such ended job (by the engine's record)."""
+        doc: dict[str, Any] | None = self.jobs.find_one_and_update(
+            {"_id": {"$eq": as_job_id(job_id)},
+             "engine_state": {"$in": [s.value for s in ENDED_STATES]}},
+            {"$set": {REQUEST: request}},
             return_document=ReturnDocument.AFTER,
         )
         return doc
@@ -324,7 +343,8 @@ class JobStore:
         filt: dict[str, Any] = {**same_state_filter(None, (current,)), **(extra_filter or {})}
         del filt["_id"]
         if current is JobState.TO_BE_BUILT:
-            filt["$and"] = [*filt.get("$and", []), *self._workable(sized=False)]
+            filt["$and"] = [*filt.get("$and", []), *self._workable(sized=False),
+                            _attempt_due(now)]
         update = state_update(new, by=owner, now=now, record=record, inc=inc, fields={
             "lease": {"owner": owner, "token": token,
                       "until": now + timedelta(seconds=lease_seconds)},
@@ -608,6 +628,48 @@ class JobStore:
             log.warning("job %s: %s", doc["_id"], message)
         return done
 
+    def resubmit_requested_jobs(self, *, by: str, job_ids: Iterable[Any] | None = None) -> int:
+        """Start a new attempt of each ended job whose client set ``resubmit_requested``
+        (see :mod:`execution_engine.resubmission`); returns how many were started.
+
+        A request on a job that has not ended, on a split job, or that breaks the job
+        contract, is removed and its refusal recorded in the job's history: never silently
+        ignored, never run twice."""
+        query: dict[str, Any] = {REQUEST: {"$exists": True}}
+        if job_ids is not None:
+            query["_id"] = {"$in": list(job_ids)}
+        started = 0
+        for doc in self.jobs.find(query, {"history": 0, "outputs": 0}).limit(SWEEP_LIMIT):
+            request = doc[REQUEST]
+            state = parse_state(doc.get("engine_state"))
+            problems = request_problems(REQUEST, request)
+            if state not in ENDED_STATES:
+                problems.append(f"the job is {_shown(doc.get('engine_state') or 'new')}: "
+                                "only an ended job runs again")
+            elif doc.get("splitter") is not None:
+                problems.append("a split job runs again through its subjobs")
+            if problems:
+                self._refuse_request(doc, REQUEST, "; ".join(problems), by=by)
+                continue
+            assert state is not None
+            fields, message = requested_attempt(doc, request, now=utcnow())
+            change = new_attempt(doc["_id"], state, by=by, message=message, fields=fields)
+            change = dataclasses.replace(change, unset=(*change.unset, REQUEST,
+                                                        "cancel_requested"))
+            started += self.apply([change])
+            log.info("job %s: %s", doc["_id"], message)
+        return started
+
+    def _refuse_request(self, doc: Mapping[str, Any], name: str, why: str, *, by: str) -> None:
+        """Remove the client request ``name`` of ``doc``, recording why in its history."""
+        state = parse_state(doc.get("engine_state")) or parse_state(doc.get("state"))
+        message = f"refused {name} {_shown(doc[name])}: {why}"
+        entry = {"state": state.value if state else None, "at": utcnow(), "by": by,
+                 "message": message}
+        self.jobs.update_one({"_id": {"$eq": doc["_id"]}, name: {"$eq": doc[name]}},
+                             {"$unset": {name: ""}, "$push": push_history(entry)})
+        log.warning("job %s: %s", doc["_id"], message)
+
     def _enforce_one(self, doc: Mapping[str, Any], *, by: str) -> int:
         """Correct one job whose ``state`` is not the engine's (see enforce_engine_states)."""
         value, engine = doc.get("state"), doc.get("engine_state")
@@ -620,8 +682,11 @@ class JobStore:
         engine_state = parse_state(engine)
         if engine_state in ENDED_STATES and "reason" not in doc:
             engine_state = None  # no job the engine ended lacks a reason: a forged document
-        elif engine_state is JobState.TO_BE_BUILT and "recoveries" not in doc:
-            engine_state = None  # the engine writes 'to be built' only when it recovers a job
+        elif (engine_state is JobState.TO_BE_BUILT and "recoveries" not in doc
+              and "attempt" not in doc):
+            # The engine writes 'to be built' only when it recovers a job or starts a new
+            # attempt of it.
+            engine_state = None
         if engine_state is not None:
             message = (f"refused a client write of state {_shown(value)}: the job is "
                        f"{engine_state.value!r} (only documented requests change a job)")
@@ -832,8 +897,16 @@ class JobStore:
 _KEPT_WHEN_TOO_LARGE = ("_id", "owner", "name", "project", "notify", "parent", "index")
 
 
-_ENFORCE_PROJECTION = {"_id": 1, "state": 1, "engine_state": 1, "reason": 1, "recoveries": 1}
+_ENFORCE_PROJECTION = {"_id": 1, "state": 1, "engine_state": 1, "reason": 1, "recoveries": 1,
+                       "attempt": 1}
 """What :meth:`JobStore._enforce_one` reads of a job."""
+
+
+def _attempt_due(now: datetime) -> dict[str, Any]:
+    """A job to be built is due unless it is a resubmission waiting for ``next_attempt_at``
+    (the engine's own: on a new job, which has no ``engine_state``, the field is ignored)."""
+    return {"$or": [{"engine_state": {"$exists": False}},
+                    {"next_attempt_at": {"$not": {"$gt": now}}}]}
 
 
 def _notification_due(now: datetime) -> dict[str, Any]:

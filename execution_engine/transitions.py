@@ -30,7 +30,13 @@ from typing import Any
 from pymongo import UpdateOne
 
 from execution_engine.reasons import default_reason
-from execution_engine.states import ENDED_STATES, LEASED_STATES, TRANSITIONS, JobState
+from execution_engine.states import (
+    ENDED_STATES,
+    LEASED_STATES,
+    NEW_ATTEMPT_STATES,
+    TRANSITIONS,
+    JobState,
+)
 
 HISTORY_LIMIT = 100
 """Transitions kept on a job (the oldest are dropped) so that documents stay bounded."""
@@ -185,6 +191,25 @@ def transition(
                       tuple(unset), reason, record, dict(inc or {}), since)
 
 
+ATTEMPT_FIELDS = ("native_id", "exit_code", "submission", "kill", "hold", "route", "system",
+                  "host", "submitted_at", "started_at", "ended_at", "reason", "outputs",
+                  "usage", "notification", "engine_notification", "outputs_fetched_at",
+                  "built_at", "built_command")
+"""Fields of one attempt that a new attempt starts without."""
+
+
+def new_attempt(job_id: Any, expected: JobState, *, by: str, message: str,
+                fields: Mapping[str, Any]) -> Transition:
+    """The change that sends a job back to ``to be built`` for a new attempt (see
+    :data:`~execution_engine.states.NEW_ATTEMPT_STATES`): the only way a job runs again.
+    ``fields`` are the new attempt's (``attempt``, ``attempts``, ``requirements``...); the
+    previous attempt's own fields are dropped."""
+    if expected not in NEW_ATTEMPT_STATES:
+        raise ValueError(f"{expected.value!r} -> 'to be built' is not a new attempt")
+    return Transition(job_id, (expected,), JobState.TO_BE_BUILT, dict(fields), message, by,
+                      unset=tuple(key for key in ATTEMPT_FIELDS if key not in fields))
+
+
 @dataclass(frozen=True)
 class Mark:
     """Bookkeeping on a job that stays in its state (a kill sent, a hold asked, a subjob
@@ -240,6 +265,7 @@ __all__ = [
     "end_fields",
     "history_entry",
     "makes_notification_due",
+    "new_attempt",
     "push_history",
     "same_state_filter",
     "state_update",

@@ -17,6 +17,7 @@ from execution_engine import Client, Job
 from execution_engine.apps.definition import load_definition
 from execution_engine.apps.registry import AppRegistry, UnknownApp
 from execution_engine.client import ENDED, JobNotEnded, StateChange, UnknownJob
+from execution_engine.daemon import is_execd
 from execution_engine.errors import NotRunning
 from tests.conftest import ROOT, Engine
 
@@ -275,6 +276,12 @@ def fake_daemon(state_dir: Path) -> subprocess.Popen[bytes]:
     the client checks before trusting ``<state_dir>/mongodb.uri``."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                                 "execd-test-daemon"])
+    # Popen returns once exec has begun; the kernel publishes the new command line a moment
+    # later, and until then /proc/<pid>/cmdline reads empty.
+    deadline = time.monotonic() + 10
+    while not is_execd(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline, "fake daemon did not start"
+        time.sleep(0.01)
     (state_dir / "execd.pid").write_text(f"{process.pid}\n")
     return process
 

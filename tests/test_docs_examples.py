@@ -57,7 +57,7 @@ def run_blocks(engine: Engine, page: Path, blocks: list[tuple[int, str]], tmp_pa
 def test_the_client_page_has_examples_of_every_method() -> None:
     code = "\n".join(block for _, block in python_blocks(DOCS / "client.md"))
     for call in ("Client(", ".submit(", ".wait(", ".status", ".outputs(", ".fetch(",
-                 ".cancel(", ".hold(", ".release(", ".jobs(", ".watch("):
+                 ".cancel(", ".hold(", ".release(", ".resubmit(", ".jobs(", ".watch("):
         assert call in code, f"docs/client.md shows no example of {call}"
 
 
@@ -68,6 +68,7 @@ def test_the_examples_of_the_client_page_run(engine: Engine, tmp_path: Path) -> 
     assert engine.database in out  # the first example prints the database it found
     # What the examples did is in the daemon's database.
     assert engine.store.counts().get("finished", 0) >= 6
+    assert engine.store.counts().get("error", 0) >= 1  # run twice, ended twice
     assert engine.store.counts().get("killed", 0) == 1
 
 

@@ -38,9 +38,17 @@ from execution_engine.job import Job
 from execution_engine.logs import job_extra
 from execution_engine.plugins import create_systems
 from execution_engine.reasons import Reason, exit_reason
+from execution_engine.resubmission import Policy, attempt_record, next_attempt
 from execution_engine.states import JobState
 from execution_engine.systems.base import ExecutionSystem, StatusReport, host_name
-from execution_engine.transitions import Change, Mark, Transition, end_fields, transition
+from execution_engine.transitions import (
+    Change,
+    Mark,
+    Transition,
+    end_fields,
+    new_attempt,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +204,10 @@ class StatusActor(Actor):
         patterns = job.output_patterns  # set on application jobs (execution_engine.apps)
         if final is JobState.ERROR and patterns is not None:  # name the phase that failed
             message = failed_phase_message(job_dir, message)
+        if final is JobState.ERROR:
+            again = self.resubmission(job, current, reason, message, report)
+            if again is not None:
+                return again
         notify = bool(notification_channels(job.doc, self.config.notification, self.hook_count))
         fields = {
             **end_fields(notify),
@@ -203,14 +215,35 @@ class StatusActor(Actor):
             "outputs": job_outputs(job_dir) if patterns is None else
             app_outputs(job_dir, patterns),
         }
+        if report.usage is not None:
+            fields["usage"] = report.usage.as_document()
         log.debug("ended %s (%s)", final.value, message, extra=job_extra(job.id))
         return transition(job.id, current, final, by=self.owner, message=message,
                           reason=reason, fields=fields)
 
+    def resubmission(self, job: Job, current: JobState, reason: str, message: str,
+                     report: StatusReport) -> Transition | None:
+        """The next attempt of a job whose attempt failed, when the policy of its route (with
+        the job's own overrides) resubmits on ``reason`` and attempts are left; else None."""
+        route = self.config.route(job.route or "")
+        policy = (route.resubmit if route is not None else Policy()).overridden_by(
+            job.resubmit_policy)
+        if not policy.resubmits(reason, job.attempt):
+            return None
+        now = self.now()
+        ended = attempt_record(
+            job.doc, attempt=job.attempt, state=JobState.ERROR.value, reason=reason,
+            message=message, exit_code=report.exit_code, ended_at=now,
+            usage=report.usage.as_document() if report.usage is not None else None,
+            job_dir=str(job.job_dir(self.config.engine.jobs_dir)))
+        fields, told = next_attempt(job.doc, policy, ended, now=now)
+        log.info("%s", told, extra=job_extra(job.id))
+        return new_attempt(job.id, current, by=self.owner, message=told, fields=fields)
+
     @staticmethod
     def outcome(job: Job, report: StatusReport) -> tuple[JobState, str, str]:
         """The end state, message and reason of a job its system reports ended."""
-        said = getattr(report, "reason", None)
+        said = report.reason
         if job.cancel_requested:
             return JobState.KILLED, "killed on request", Reason.CANCELLED.value
         if report.state is JobState.FINISHED:

@@ -3,8 +3,9 @@
 Daemon commands (:mod:`.daemon`): ``start``, ``stop``, ``reload``, ``status`` (LSB exit codes: 0
 running, 1 running but degraded or dead with a pid file left, 3 not running), ``run``
 (foreground, for systemd and containers). Job commands (:mod:`.jobs`, on the client library):
-``submit``, ``jobs``, ``show``, ``wait``, ``kill``, ``hold``, ``release``, ``fetch``. Routing
-(:mod:`.routing`): ``route``, ``systems``. Applications (:mod:`.apps`): ``app add|list|show``.
+``submit``, ``jobs``, ``show``, ``wait``, ``kill``, ``hold``, ``release``, ``resubmit``,
+``fetch``. Routing (:mod:`.routing`): ``route``, ``systems``. Applications (:mod:`.apps`):
+``app add|list|show``.
 
 Every command takes ``-c FILE`` (else ``$EXECD_CONFIG``, else ``/etc/execd/execd.ini``, else
 built-in defaults). Errors are printed as ``execd: <what is wrong>`` with exit status 2 for usage

@@ -1,10 +1,11 @@
 """Job commands, all through the client library (:mod:`execution_engine.client`): ``submit``,
-``jobs``, ``show``, ``wait``, ``kill``, ``hold``, ``release``, ``fetch``."""
+``jobs``, ``show``, ``wait``, ``kill``, ``hold``, ``release``, ``resubmit``, ``fetch``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("release", help="release a held job")
     p.add_argument("job")
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("resubmit", help="run an ended job again as a new attempt, with "
+                       "changed requirements if given")
+    p.add_argument("job")
+    p.add_argument("--cores", type=int, help="cores the new attempt asks for")
+    p.add_argument("--memory-mb", type=int, help="memory (MB) the new attempt asks for")
+    p.add_argument("--walltime-s", type=int, help="wall time (seconds) the new attempt asks for")
+    p.add_argument("--queue", help="queue the new attempt asks for")
+    p.set_defaults(func=cmd_resubmit)
 
     p = sub.add_parser("fetch", help="copy a job's outputs into a folder, verified")
     p.add_argument("job")
@@ -143,6 +153,7 @@ def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
         print(f"  {'cancel:':<16}requested")
     if isinstance(doc.get("hold_requested"), bool):
         print(f"  {'hold:':<16}{'requested' if doc['hold_requested'] else 'release requested'}")
+    _show_usage_and_attempts(doc)
     notification = doc.get("notification")
     if notification:
         print(f"  {'notification:':<16}{notification.get('state')}"
@@ -157,6 +168,22 @@ def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
             message = f"  {entry['message']}" if entry.get("message") else ""
             print(f"    {fmt_time(entry.get('at'))}  {entry.get('state')}{message}")
     return EXIT_OK
+
+
+def _show_usage_and_attempts(doc: Mapping[str, Any]) -> None:
+    """The ``usage``, ``attempt`` and earlier ``attempts`` lines of ``execd show``."""
+    usage = doc.get("usage")
+    if isinstance(usage, Mapping) and usage:
+        print(f"  {'usage:':<16}" + ", ".join(f"{key} {value}" for key, value in usage.items()))
+    attempts = doc.get("attempts")
+    if isinstance(attempts, list) and attempts:
+        print(f"  {'attempt:':<16}{doc.get('attempt')}")
+        print("  earlier attempts:")
+        for entry in attempts:
+            if isinstance(entry, Mapping):
+                print(f"    {entry.get('attempt')}: {entry.get('state')} ({entry.get('reason')})"
+                      f" {entry.get('message') or ''} requirements {entry.get('requirements')}"
+                      f" in {entry.get('job_dir')}")
 
 
 def cmd_wait(config: EngineConfig, args: argparse.Namespace) -> int:
@@ -195,6 +222,23 @@ def cmd_release(config: EngineConfig, args: argparse.Namespace) -> int:
     with opened_client(config) as client:
         status = client.job(args.job).release()
     return _report_hold(status, "release")
+
+
+def cmd_resubmit(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Ask for a new attempt of an ended job; exit 1 when it has not ended."""
+    changed = {key: value for key, value in (
+        ("cores", args.cores), ("memory_mb", args.memory_mb),
+        ("walltime_s", args.walltime_s), ("queue", args.queue)) if value is not None}
+    with opened_client(config) as client:
+        job = client.job(args.job)
+        requirements = {**(job.document.get("requirements") or {}), **changed}
+        try:
+            status = job.resubmit(requirements if changed else None)
+        except ValueError as exc:
+            raise ConfigError(f"resubmit: {exc}") from None
+    print(f"{status.job_id} resubmission requested (attempt {status.attempt} ended "
+          f"{status.state})")
+    return EXIT_OK
 
 
 def _report_hold(status: JobStatus, what: str) -> int:

@@ -86,6 +86,8 @@ class Sweeper:
             self.bells["notification"].ring()
         if self.store.cancel_unsubmitted(by="monitor"):
             self.bells["notification"].ring()
+        if self.store.resubmit_requested_jobs(by="monitor"):  # requests the stream missed
+            self.bells["building"].ring()
 
     def sweep(self) -> None:
         """Restore the engine's states over clients' writes; end unknown states in error."""

@@ -29,6 +29,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.apps.masters import SplitFollower
 from execution_engine.bell import Bell
+from execution_engine.resubmission import REQUEST
 from execution_engine.states import ACTIVE_STATES, ENDED_STATES, JobState, parse_state
 from execution_engine.store import JobStore
 from execution_engine.watch import BurstWatch
@@ -60,6 +61,7 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
         {"updateDescription.removedFields": "state"},
         {"updateDescription.updatedFields.cancel_requested": {"$exists": True}},
         {"updateDescription.updatedFields.hold_requested": {"$exists": True}},
+        {f"updateDescription.updatedFields.{REQUEST}": {"$exists": True}},
     ]}},
     {"$project": {
         "operationType": 1,
@@ -73,6 +75,8 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
         "updateDescription.updatedFields.cancel_requested": 1,
         "updateDescription.updatedFields.hold_requested": 1,
         "fullDocument.hold_requested": 1,
+        f"fullDocument.{REQUEST}": 1,
+        f"updateDescription.updatedFields.{REQUEST}": 1,
         "updateDescription.removedFields": 1,
     }},
 ]
@@ -267,19 +271,31 @@ class ChangeWatcher:
                 self.bells[pool].ring()
             if state in ENDED_STATES:
                 self.bells["submit"].ring()  # a slot may have freed
-        requests = [cancel, (change.get("fullDocument") or fields_of(change)).get(
-            "hold_requested")]
-        if any(value is not None and not isinstance(value, bool) for value in requests):
-            key = (change.get("documentKey") or {}).get("_id")
-            if key is not None:
-                self._guard(lambda: self.store.refuse_bad_requests([key], by="monitor"))
+        self.on_requests(change, cancel)
+        self._guard(lambda: self.split.tick(self.store))  # at most every min_gap
+
+    def on_requests(self, change: Mapping[str, Any], cancel: Any) -> None:
+        """Act on the client requests one stream event writes (``cancel`` is its
+        ``cancel_requested``): malformed ones are refused, the others carried out."""
+        written = change.get("fullDocument") or fields_of(change)
+        key = (change.get("documentKey") or {}).get("_id")
+        requests = [cancel, written.get("hold_requested")]
+        if key is not None and any(value is not None and not isinstance(value, bool)
+                                   for value in requests):
+            self._guard(lambda: self.store.refuse_bad_requests([key], by="monitor"))
         if requests[1] is not None:
             self.bells["status"].ring()  # a hold or release to carry out
+        if REQUEST in written and key is not None:
+            self._guard(lambda: self._resubmit([key]))
         if cancel is True:
             self.split.note()
             self.bells["status"].ring()
             self._guard(lambda: self.store.cancel_unsubmitted(by="monitor"))
-        self._guard(lambda: self.split.tick(self.store))  # at most every min_gap
+
+    def _resubmit(self, job_ids: list[Any]) -> None:
+        """Carry out the resubmission requests of ``job_ids`` (refused ones are recorded)."""
+        if self.store.resubmit_requested_jobs(by="monitor", job_ids=job_ids):
+            self.bells["building"].ring()
 
     # ------------------------------------------------------------------ bursts
     def poll_burst(self) -> None:

@@ -165,6 +165,12 @@ class Dispatcher:
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
 
+    def only(self, name: str) -> Dispatcher | None:
+        """A dispatcher of the route ``name`` alone (None when there is no such route): a
+        resubmission sent to a given route is still decided by that route's rules."""
+        routes = [route for route in self.routes if route.name == name]
+        return Dispatcher(routes) if routes else None
+
     @property
     def has_rules(self) -> bool:
         """False when no route has a rule: then no plugin code runs to route a job."""

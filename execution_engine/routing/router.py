@@ -16,6 +16,7 @@ from typing import Any
 from execution_engine.config import EngineConfig
 from execution_engine.errors import RoutingError
 from execution_engine.hookspecs import Rule
+from execution_engine.job import Job
 from execution_engine.logs import job_extra
 from execution_engine.routing.dispatcher import Dispatcher
 from execution_engine.routing.guard import RuleGuard, RuleTimeout
@@ -29,6 +30,7 @@ class Router:
     def __init__(self, config: EngineConfig, rules: Mapping[str, Rule]) -> None:
         self.dispatcher = Dispatcher.from_config(config, rules)
         self.guard = RuleGuard(config.plugins.rule_timeout)
+        self._only: dict[str, Dispatcher | None] = {}
 
     @property
     def abandoned_rule_threads(self) -> int:
@@ -41,8 +43,19 @@ class Router:
         none, when a rule failed or hung, or when the route names a system not in ``systems``
         (when given)."""
         job_id = job.get("_id")
+        dispatcher = self.dispatcher
+        only = Job(job).next_route  # a resubmission may name the route of its attempt
+        if only is not None:
+            if only not in self._only:
+                self._only[only] = self.dispatcher.only(only)
+            named = self._only[only]
+            if named is None:
+                raise RoutingError(job_id, f"route {only}, named for attempt "
+                                           f"{Job(job).attempt} by its resubmission policy, "
+                                           "is not configured")
+            dispatcher = named
         try:
-            decision = self.guard.decide(self.dispatcher, job)
+            decision = self.guard.decide(dispatcher, job)
         except RuleTimeout as exc:
             log.error("%s", exc, extra=job_extra(job_id))
             raise RoutingError(job_id, str(exc)) from exc

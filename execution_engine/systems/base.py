@@ -24,6 +24,7 @@ and nothing is signalled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from abc import ABC, abstractmethod
@@ -42,6 +43,7 @@ SCRIPT_FILE = "job.sh"
 SCRIPT_NAME = f"{ENGINE_DIR}/{SCRIPT_FILE}"
 EXIT_CODE_NAME = f"{ENGINE_DIR}/exit_code"
 PID_NAME = f"{ENGINE_DIR}/pid"
+USAGE_NAME = f"{ENGINE_DIR}/usage"
 SCHEDULER_LOG_NAME = f"{ENGINE_DIR}/scheduler.log"
 STDOUT_NAME = "job.stdout"
 STDERR_NAME = "job.stderr"
@@ -82,12 +84,15 @@ class JobSpec:
     resources: Resources = field(default_factory=Resources)
     native_id: str | None = None
     """Set once the job was submitted: what ``get_statuses`` and ``kill`` refer to."""
+    attempt: int = 1
+    """Which run of the job this is (a resubmission is a new attempt, in a fresh directory)."""
 
     @property
     def tag(self) -> str:
-        """The name the job carries at the scheduler; unique, so that recovery can find a job
-        whose submission was not recorded (see :meth:`ExecutionSystem.find`)."""
-        return f"execd-{self.job_id}"
+        """The name the job carries at the scheduler; unique per attempt, so that recovery can
+        find a job whose submission was not recorded (see :meth:`ExecutionSystem.find`), and
+        never takes an earlier attempt's for it."""
+        return f"execd-{self.job_id}" + (f".{self.attempt}" if self.attempt > 1 else "")
 
     @property
     def script(self) -> Path:
@@ -123,6 +128,64 @@ class StatusReport:
     state: JobState | None
     exit_code: int | None = None
     message: str = ""
+    reason: str | None = None
+    """Why an ended job ended, when the system has evidence of it (a :class:`Reason` value, or
+    a plugin's ``x-...`` reason): walltime or memory exceeded, node failure, preemption... None
+    lets the engine derive it from the state and exit code (never a guess)."""
+    usage: Usage | None = None
+    """What an ended job used, where the system can tell."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a job used, as far as its execution system can tell; None is "not known"."""
+
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    """User and system CPU time of the job's processes, in seconds."""
+    max_rss_mb: float | None = None
+    """The largest resident memory of the job (its largest process where only that is known)."""
+    signal: str | None = None
+    """The signal that ended the job's command (``SIGKILL``), when one did."""
+    node: str | None = None
+
+    def as_document(self) -> dict[str, Any]:
+        """The job document's ``usage`` field: the known figures only."""
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if value is not None}
+
+    def or_else(self, other: Usage | None) -> Usage:
+        """These figures, with ``other``'s where these are not known."""
+        if other is None:
+            return self
+        return Usage(**{key: other_value if value is None else value
+                        for (key, value), other_value in zip(
+                            dataclasses.asdict(self).items(),
+                            dataclasses.asdict(other).values(), strict=True)})
+
+
+def read_usage(job: JobSpec) -> Usage | None:
+    """What the job script recorded of the command's usage in ``.execd/usage`` (None when it
+    recorded nothing): ``key=value`` lines, ``wall`` (seconds), ``user`` and ``sys`` (CPU
+    seconds, summed) and ``maxrss_kb``; unknown keys and unreadable values are ignored."""
+    try:
+        text = (job.job_dir / USAGE_NAME).read_text(errors="replace")
+    except OSError:
+        return None
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        try:
+            figures[key.strip()] = float(value)
+        except ValueError:
+            continue
+    cpu = None
+    if "user" in figures or "sys" in figures:
+        cpu = round(figures.get("user", 0.0) + figures.get("sys", 0.0), 3)
+    rss = figures.get("maxrss_kb")
+    usage = Usage(wall_s=figures.get("wall"), cpu_s=cpu,
+                  max_rss_mb=None if rss is None else round(rss / 1024, 1))
+    return usage if usage.as_document() else None
 
 
 def read_exit_code(job: JobSpec) -> int | None:
@@ -138,8 +201,8 @@ def read_exit_code(job: JobSpec) -> int | None:
         return None
 
 
-def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | None = None
-                 ) -> StatusReport:
+def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | None = None,
+                 *, reason: str | None = None, usage: Usage | None = None) -> StatusReport:
     """The final report for a job the scheduler no longer runs, from its exit-code file.
 
     ``native_says`` is the scheduler's own word on the job, ``native_state`` the engine state
@@ -153,7 +216,20 @@ def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | N
     * Otherwise ``error``: the exit code in words, or, when the script recorded none (it was
       itself killed: a signal, the walltime, the node), saying so; with what the scheduler said
       when it said something else than "completed".
+
+    ``reason`` and ``usage`` (the system's evidence of why the job ended and what it used) are
+    passed on in the report; a job that exited 0 completed, whatever ``reason`` says.
     """
+    report = _ended_report(job, native_says, native_state)
+    if report.state is JobState.FINISHED:
+        reason = None
+    recorded = read_usage(job)
+    usage = recorded if usage is None else usage.or_else(recorded)
+    return dataclasses.replace(report, reason=reason, usage=usage)
+
+
+def _ended_report(job: JobSpec, native_says: str, native_state: JobState | None
+                  ) -> StatusReport:
     code = read_exit_code(job)
     if code == 0:
         return StatusReport(JobState.FINISHED, 0)
