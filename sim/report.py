@@ -31,7 +31,11 @@ NOTIFIED = ("sent", "failed", "none")
 """Notification states after which nothing more happens to a job."""
 PROJECTION = {"state": 1, "metadata.inserted_at": 1, "built_at": 1, "submitted_at": 1,
               "started_at": 1, "ended_at": 1, "notification.state": 1,
-              "notification.sent_at": 1, "exit_code": 1, "name": 1, "system": 1}
+              "notification.sent_at": 1, "exit_code": 1, "name": 1, "system": 1,
+              "reason": 1, "usage": 1, "attempt": 1}
+USAGE = (("wall_s", "wall time (s)"), ("cpu_s", "CPU time (s)"),
+         ("max_rss_mb", "max memory (MB)"))
+"""The figures of the jobs' ``usage`` the report summarises, with their labels."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,20 @@ def latencies(docs: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
     return found
 
 
+def usage_figures(docs: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Each :data:`USAGE` figure of the ended jobs that recorded it."""
+    found: dict[str, list[float]] = {key: [] for key, _ in USAGE}
+    for doc in docs:
+        usage = doc.get("usage")
+        if not isinstance(usage, Mapping):
+            continue
+        for key, values in found.items():
+            value = usage.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.append(float(value))
+    return found
+
+
 def is_done(doc: Mapping[str, Any]) -> bool:
     """Ended and notified (or nothing to notify): nothing more will happen to the job."""
     return doc.get("state") in ENDED and (doc.get("notification") or {}).get("state") in NOTIFIED
@@ -130,6 +148,11 @@ def build_report(docs: Sequence[Mapping[str, Any]], *, run: Mapping[str, Any]) -
         summary = summarize(values)
         steps[step] = summary.as_dict() if summary else None
     last = max([*ended, *notified], default=None)
+    usage = {}
+    for key, values in usage_figures(docs).items():
+        summary = summarize(values)
+        usage[key] = summary.as_dict() if summary else None
+    reasons = Counter(str(d["reason"]) for d in docs if d.get("reason"))
     return {
         **run,
         "jobs": len(docs),
@@ -142,6 +165,10 @@ def build_report(docs: Sequence[Mapping[str, Any]], *, run: Mapping[str, Any]) -
         "span_s": round((last - first).total_seconds(), 3) if first and last else None,
         "throughput": throughput,
         "latency_ms": steps,
+        "reasons": dict(sorted(reasons.items())),
+        "resubmitted": sum(1 for d in docs if isinstance(d.get("attempt"), int)
+                           and d["attempt"] > 1),
+        "usage": usage,
     }
 
 
@@ -162,6 +189,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"  cancelled:     {report['cancel_requests']} jobs by the simulator, "
                      "as recorded in the trace")
     lines.append("  final states:  " + _pairs(report["counts"]))
+    if report.get("reasons"):
+        lines.append("  reasons:       " + _pairs(report["reasons"]))
+    if report.get("resubmitted"):
+        lines.append(f"  resubmitted:   {report['resubmitted']} jobs ran more than once")
     lines.append("  notification:  " + _pairs(report["notification"]))
     span = report.get("span_s")
     tp = report["throughput"]
@@ -178,6 +209,15 @@ def format_report(report: Mapping[str, Any]) -> str:
             continue
         lines.append(f"  {label:<24}{summary['n']:>7}" + "".join(
             f"{summary[k]:>10.1f}" for k in ("p50", "p90", "p99", "max")))
+    usage = {key: summary for key, summary in (report.get("usage") or {}).items() if summary}
+    if usage:
+        lines.append("")
+        lines.append(f"  {'usage (ended jobs)':<24}{'n':>7}{'p50':>10}{'p90':>10}{'p99':>10}"
+                     f"{'max':>10}")
+        for key, label in USAGE:
+            if key in usage:
+                lines.append(f"  {label:<24}{usage[key]['n']:>7}" + "".join(
+                    f"{usage[key][k]:>10.1f}" for k in ("p50", "p90", "p99", "max")))
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from sim import execd_sim
 from sim import workload as wl
 from sim.plot import PlotUnavailable, require_matplotlib, stage_intervals
 from sim.progress import Progress
-from sim.report import build_report, percentile, summarize
+from sim.report import build_report, format_report, percentile, summarize
 from sim.swf import SwfError, SwfTrace, load_trace, parse_line
 from tests.conftest import ROOT, Engine
 
@@ -64,6 +64,7 @@ def test_scenario_submits_portal_jobs_and_reports_them(engine_factory, smtp,
     assert report["mode"] == "scenario"
     assert report["submitted"] == report["planned"] == report["jobs"] == 24
     assert report["counts"] == {"finished": 24}
+    assert report["reasons"] == {"completed": 24}
     assert report["done"] == 24
     assert report["notification"] == {"sent": 24}  # owners are email addresses here
     assert len(smtp.messages) == 24
@@ -325,6 +326,27 @@ def test_report_counts_steps_and_throughput() -> None:
     intervals = stage_intervals(docs)
     entered, left = intervals["running"]
     assert len(entered) == len(left) == 4
+    assert report["usage"] == {"wall_s": None, "cpu_s": None, "max_rss_mb": None}
+    assert report["resubmitted"] == 0
+
+
+def test_report_summarises_reasons_usage_and_resubmissions() -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    docs = [{**_doc(start), "reason": "completed",
+             "usage": {"wall_s": float(i), "cpu_s": i / 2, "max_rss_mb": 100.0 * i}}
+            for i in range(1, 5)]
+    docs.append({**_doc(start), "state": "error", "reason": "walltime_exceeded", "attempt": 3,
+                 "usage": {"node": "n1", "wall_s": True}})  # no figure the report takes
+    report = build_report(docs, run={"run_id": "r", "mode": "burst"})
+    assert report["reasons"] == {"completed": 4, "walltime_exceeded": 1}
+    assert report["resubmitted"] == 1
+    assert report["usage"]["wall_s"]["n"] == 4 and report["usage"]["wall_s"]["max"] == 4.0
+    assert report["usage"]["cpu_s"]["p50"] == 1.0
+    assert report["usage"]["max_rss_mb"]["p90"] == 400.0
+    text = format_report({**report, "submitted": 5, "planned": 5, "submit_s": 0.1})
+    assert "reasons:       completed 4, walltime_exceeded 1" in text
+    assert "resubmitted:   1 jobs ran more than once" in text
+    assert "max memory (MB)" in text and "usage (ended jobs)" in text
 
 
 class _Terminal(io.StringIO):
