@@ -31,7 +31,10 @@ from typing import Any
 from execution_engine.reasons import Reason, is_reason
 
 ANY = "any"
-"""In ``on``: every reason an execution system can end an attempt with (not a cancellation)."""
+"""In ``on``: every reason an execution system can end an attempt with, but a kill by the
+system's operator (``killed_by_system``, which a policy runs again on only when it names it)."""
+
+NOT_ANY = frozenset({Reason.KILLED_BY_SYSTEM.value})
 
 NEVER = frozenset({Reason.COMPLETED.value, Reason.CANCELLED.value})
 """Reasons no policy resubmits on: a completed job, a job its client cancelled."""
@@ -101,7 +104,7 @@ class Policy:
         """True when an attempt (``attempt``, from 1) ending with ``reason`` runs again."""
         if reason is None or reason in NEVER or attempt >= min(self.attempts, MAX_ATTEMPTS):
             return False
-        return ANY in self.on or reason in self.on
+        return reason in self.on or (ANY in self.on and reason not in NOT_ANY)
 
     def delay(self, attempt: int) -> timedelta:
         """How long after attempt ``attempt`` ended the next one may be built."""

@@ -62,6 +62,8 @@ def test_any_reason_but_never_a_completion_or_a_cancellation() -> None:
     policy = Policy(on=frozenset({"any"}), attempts=5)
     assert policy.resubmits("node_failure", 1) and policy.resubmits("x-site-preempted", 4)
     assert not policy.resubmits("cancelled", 1) and not policy.resubmits("completed", 1)
+    assert not policy.resubmits("killed_by_system", 1)  # an operator's kill: only when named
+    assert Policy(on=frozenset({"killed_by_system"}), attempts=2).resubmits("killed_by_system", 1)
     assert not Policy(on=frozenset({"any"}), attempts=100).resubmits("unknown", MAX_ATTEMPTS)
 
 
