@@ -37,7 +37,8 @@ class Reason(StrEnum):
     REJECTED = "rejected"
     """The execution system refused the job."""
     SCHEDULER_LOST = "scheduler_lost"
-    """The execution system no longer knows the job and it left no exit code."""
+    """The execution system is known to have lost the job (a plugin whose scheduler can prove
+    it; a job merely missing from an accounting log has no proven cause: ``unknown``)."""
     BUILD_FAILED = "build_failed"
     """The job directory, its inputs or its script could not be made."""
     ROUTING_FAILED = "routing_failed"

@@ -11,13 +11,16 @@
   (a timeout may hide an accepted job: it must not be submitted twice);
 * one status command per cycle for all the jobs of the system, never one per job; jobs the
   scheduler no longer lists are resolved from their exit-code files (:func:`ended_report`);
+  what the status output says of how a listed job ended (its end state, exit status, usage:
+  :meth:`BatchSystem.status_evidence`) becomes the report's ``reason`` and ``usage``;
 * recording the native id at submission (``.execd/native_id``) and cancelling, holding or
   releasing only a job whose native id is that record, or which the scheduler lists under the
   job's tag (:meth:`BatchSystem.owns`): a forged job document never reaches another job;
 * counting status calls (``status_calls``: calls of :meth:`get_statuses`; ``status_commands``:
   scheduler commands those calls ran).
 
-A scheduler module only builds commands, parses their output and holds a ``_STATE_MAP`` from its
+A scheduler module only builds commands, parses their output (states, and the evidence of how
+jobs ended: :mod:`~execution_engine.systems.accounting`) and holds a ``_STATE_MAP`` from its
 native states to engine states. A native state missing from the map is reported as unknown for
 now (the job is left alone) and logged, never taken for a success.
 
@@ -43,6 +46,7 @@ from typing import Any, ClassVar
 from execution_engine.errors import ExecutionSystemError, SubmissionRejected, SystemUnavailable
 from execution_engine.states import JobState
 from execution_engine.systems import records
+from execution_engine.systems.accounting import Evidence
 from execution_engine.systems.base import (
     PID_NAME,
     ExecutionSystem,
@@ -256,6 +260,11 @@ class BatchSystem(ExecutionSystem):
     def parse_find_output(self, stdout: str, job: JobSpec) -> str | None:
         """The native id of the job named ``job.tag`` in the find command's output."""
 
+    def status_evidence(self, stdout: str) -> Mapping[str, Evidence]:
+        """Listed id -> what the status command's output says of how that job ended (why, what
+        it used), used for the jobs it shows over. Default: nothing."""
+        return {}
+
     def status_ok(self, result: CommandResult) -> bool:
         """True when a status command's result can be trusted (default: exit status 0)."""
         return result.ok
@@ -377,29 +386,39 @@ class BatchSystem(ExecutionSystem):
         if not self.status_ok(result):
             raise self.unavailable(result)
         listed = self.parse_status_output(result.stdout)
+        evidence = self.status_evidence(result.stdout)
         missing: list[JobSpec] = []
         for job, native_id in asked:
-            native_state = self._lookup(listed, native_id)
-            if native_state is None:
+            listed_id = self._lookup(listed, native_id)
+            if listed_id is None:
                 missing.append(job)
             else:
-                reports[job.job_id] = self._report(job, native_id, native_state)
+                reports[job.job_id] = self._report(job, native_id, listed[listed_id],
+                                                   evidence.get(listed_id))
         if missing:
             reports.update(self.resolve_missing(missing))
         return reports
 
     def _lookup(self, listed: Mapping[str, str], native_id: str) -> str | None:
+        """The id under which the status output lists ``native_id``, or None."""
         if native_id in listed:
-            return listed[native_id]
-        for listed_id, state in listed.items():
+            return native_id
+        for listed_id in listed:
             if self.same_job(listed_id, native_id):
-                return state
+                return listed_id
         return None
 
-    def _report(self, job: JobSpec, native_id: str, native_state: str) -> StatusReport:
+    def _report(self, job: JobSpec, native_id: str, native_state: str,
+                evidence: Evidence | None = None) -> StatusReport:
         state = self.engine_state(native_state, native_id)
         if state is not None and state.is_ended:
-            return ended_report(job, f"({self.scheduler} state {native_state})", state)
+            evidence = evidence or Evidence()
+            said = " ".join(part for part in (f"({self.scheduler} state {native_state})",
+                                              evidence.said) if part)
+            # A state that says only "over" (Torque's C) with words of how: they count.
+            told = JobState.ERROR if state is JobState.FINISHED and evidence.said else state
+            return ended_report(job, said, told, reason=evidence.reason,
+                                usage=evidence.usage)
         early = early_end_report(job)  # the script has recorded its end; the scheduler not yet
         if early is not None:
             return early

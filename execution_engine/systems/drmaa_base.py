@@ -24,6 +24,12 @@ restarted with a new session, tracks jobs a Submit actor submitted); once a job 
 stays visible ("done"/"failed") only to the session that submitted it, until that session reaps
 it; to any other session it is unknown (``InvalidJobException``). Either way the exit-code file
 says how the job ended (``done`` is also what Grid Engine says for ``exit 3``).
+
+Why a job ended: a job the status pass sees "done"/"failed" (this session submitted it) is
+waited for at once, and its ``JobInfo`` (signal, ``wasAborted``, resource usage) is the evidence
+(:func:`~execution_engine.systems.accounting.job_end_evidence`, judged against the job's
+requested walltime and memory). A scheduler module may add its own evidence for every job that
+ended in the pass (:meth:`DrmaaSystem.ended_evidence`; Grid Engine: its accounting file).
 """
 
 from __future__ import annotations
@@ -33,13 +39,20 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
 from execution_engine.errors import ExecutionSystemError, SubmissionRejected, SystemUnavailable
 from execution_engine.states import JobState
 from execution_engine.systems import records
+from execution_engine.systems.accounting import (
+    Evidence,
+    JobEndRecord,
+    job_end_evidence,
+    record_from_job_info,
+)
 from execution_engine.systems.base import (
     ExecutionSystem,
     JobSpec,
@@ -79,6 +92,16 @@ DRMAA_STATES: Mapping[str, JobState | None] = {
     "failed": JobState.ERROR,
 }
 _SUSPENDED = frozenset({"system_suspended", "user_suspended", "user_system_suspended"})
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """A job the status pass found over: the state DRMAA said (None: no longer known to this
+    session) and its ``JobInfo``, when this session could wait for it."""
+
+    job: JobSpec
+    native_state: str | None = None
+    info: JobEndRecord | None = None
 
 
 def drmaa_process_environment(options: Mapping[str, Any]) -> dict[str, str]:
@@ -321,12 +344,13 @@ class DrmaaSystem(ExecutionSystem):
     # ------------------------------------------------------------------ status
     def get_statuses(self, jobs: Iterable[JobSpec]) -> dict[str, StatusReport]:
         """One ``jobStatus`` pass over all jobs. A job the session cannot see any more has ended:
-        its exit-code file says how. Raises SystemUnavailable when the DRM cannot be reached."""
+        its exit-code file says how, the evidence (:meth:`ended_evidence`) why. Raises
+        SystemUnavailable when the DRM cannot be reached."""
         self.status_calls += 1
         session, drmaa = self.session()
         errors = drmaa.errors
         reports: dict[str, StatusReport] = {}
-        reap = False
+        ended: list[EndedJob] = []
         for job in jobs:
             if job.native_id is None:
                 continue
@@ -334,26 +358,77 @@ class DrmaaSystem(ExecutionSystem):
                 reports[job.job_id] = forgotten_report(job)
                 continue
             try:
-                native_state = session.jobStatus(job.native_id)
+                native_state = str(session.jobStatus(job.native_id))
             except (errors.InvalidJobException, errors.InvalidArgumentException):
-                reports[job.job_id] = ended_report(job, f"(no longer known to {self.scheduler})")
+                ended.append(EndedJob(job))
                 continue
             except errors.DrmaaException as exc:
                 raise self._unavailable(exc) from exc
-            reports[job.job_id] = self._report(job, job.native_id, str(native_state))
-            reap = reap or reports[job.job_id].state in (JobState.FINISHED, JobState.ERROR)
-        if reap:
+            if self._is_over(native_state):
+                ended.append(EndedJob(job, native_state,
+                                      self._job_info(session, drmaa, job.native_id)))
+            else:
+                reports[job.job_id] = self._report(job, job.native_id, native_state)
+        if ended:
+            reports.update(self._ended_reports(ended))
+        if any(end.native_state is not None for end in ended):
             self._reap(session, drmaa)
         return reports
 
+    def _is_over(self, native_state: str) -> bool:
+        state = self._STATE_MAP.get(native_state)
+        return state is not None and state.is_ended
+
+    def _job_info(self, session: Any, drmaa: ModuleType, native_id: str) -> JobEndRecord | None:
+        """The ``JobInfo`` of an ended job of this session (waiting for it reaps it), or None
+        when the library has none for it."""
+        try:
+            info = session.wait(native_id, drmaa.Session.TIMEOUT_NO_WAIT)
+        except Exception as exc:  # reaped already, or code 24 (no usage): a plain Exception
+            log.debug("%s: no JobInfo for %s: %s", self.name, native_id, exc)
+            return None
+        return record_from_job_info(info)
+
+    def ended_evidence(self, ended: Sequence[EndedJob]) -> dict[str, Evidence]:
+        """Job id -> the evidence of how each ended job ended. Here: its ``JobInfo``, for the
+        jobs this session waited for. An :data:`~execution_engine.systems.accounting.AWAITED`
+        evidence keeps the job unknown for now (its evidence is still to be written)."""
+        return {end.job.job_id: job_end_evidence(end.info, end.job.resources, source="DRMAA",
+                                                 memory_enforced=self.memory_enforced)
+                for end in ended if end.info is not None}
+
+    @property
+    def memory_enforced(self) -> bool:
+        """True when the scheduler kills a job that exceeds the memory it requested."""
+        return True
+
+    def _ended_reports(self, ended: Sequence[EndedJob]) -> dict[str, StatusReport]:
+        evidence = self.ended_evidence(ended)
+        reports = {}
+        for end in ended:
+            found = evidence.get(end.job.job_id, Evidence())
+            if found.awaited:
+                reports[end.job.job_id] = StatusReport(
+                    None, message=f"ended; awaiting the {self.scheduler} accounting")
+                continue
+            if end.native_state is None:
+                said, state = f"(no longer known to {self.scheduler})", None
+            else:
+                said, state = f"(DRMAA state {end.native_state})", self._STATE_MAP[end.native_state]
+            if found.said and state in (None, JobState.FINISHED):
+                state = JobState.ERROR  # the evidence says more than "over": it counts
+            said = " ".join(part for part in (said, found.said) if part)
+            reports[end.job.job_id] = ended_report(end.job, said, state, reason=found.reason,
+                                                   usage=found.usage)
+        return reports
+
     def _report(self, job: JobSpec, native_id: str, native_state: str) -> StatusReport:
+        """The report of a job DRMAA shows queued, running or held."""
         if native_state not in self._STATE_MAP:
             log.warning("%s: unknown DRMAA state %r of job %s: reported as unknown", self.name,
                         native_state, native_id)
             return StatusReport(None, message=f"unknown DRMAA state {native_state!r}")
         state = self._STATE_MAP[native_state]
-        if state is not None and state.is_ended:
-            return ended_report(job, f"(DRMAA state {native_state})", state)
         early = early_end_report(job)  # the script recorded its end before the DRM noticed
         if early is not None:
             return early
@@ -433,6 +508,7 @@ __all__ = [
     "PROCESS_SESSION",
     "STATIC_TLS_TUNABLE",
     "DrmaaSystem",
+    "EndedJob",
     "ProcessSession",
     "drmaa_message",
     "drmaa_process_environment",

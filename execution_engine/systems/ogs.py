@@ -18,19 +18,43 @@ native specification and the lookup of a job by its name.
   ended.
 * :meth:`OgsSystem.find`: ``qstat -u '*' -xml`` (one call, the job names in full), then the
   accounting (``qacct -j <tag>``) for a job that has already ended.
+* Why a job ended, and what it used: Grid Engine's accounting file (option
+  ``accounting_file``, by default ``$SGE_ROOT/$SGE_CELL/common/accounting``, what ``qacct``
+  reads), read **once per status cycle** for all the jobs that ended in it, backwards from its
+  end (:func:`~execution_engine.systems.accounting.read_accounting_tail`): ``failed`` 37
+  ("qmaster enforced h_rt, h_cpu, or h_vmem limit") or 100 with a signal (``qdel``) is a kill by
+  the system; ``ru_wallclock`` at the requested walltime makes it walltime_exceeded,
+  ``maxvmem`` at the requested ``h_vmem`` memory_exceeded, neither (or both)
+  killed_by_system. Usage: ``ru_wallclock``, ``cpu``, ``ru_maxrss``, ``hostname``. DRMAA's
+  ``JobInfo`` serves when the session that submitted the job sees it end (no ``failed`` code
+  nor host there). Grid Engine writes accounting records every ``accounting_flush_time``
+  (``flush_time``, 15 s by default): the end of a job that needs its record (no exit code, or
+  one saying a signal ended it, and no kill of the engine's) waits for it up to
+  ``accounting_wait`` seconds, then is reported without it (cause unknown).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from execution_engine.errors import SystemUnavailable
-from execution_engine.systems.base import JobSpec
+from execution_engine.systems import records
+from execution_engine.systems.accounting import (
+    AWAITED,
+    ENFORCED_MEMORY_RESOURCES,
+    Evidence,
+    JobEndRecord,
+    job_end_evidence,
+    read_accounting_tail,
+)
+from execution_engine.systems.base import JobSpec, read_exit_code
 from execution_engine.systems.batch import (
     CommandResult,
     check_name,
@@ -38,7 +62,13 @@ from execution_engine.systems.batch import (
     job_has_started,
     run_command,
 )
-from execution_engine.systems.drmaa_base import DrmaaSystem
+from execution_engine.systems.drmaa_base import DrmaaSystem, EndedJob
+
+log = logging.getLogger(__name__)
+
+#: Seconds before a job's submission from which its accounting record is looked for (clocks of
+#: the hosts may differ a little).
+_CLOCK_SLACK = 300.0
 
 
 def sge_resource_arguments(job: JobSpec, *, system: str, default_queue: str = "",
@@ -104,11 +134,16 @@ class OgsSystem(DrmaaSystem):
         "memory_resource": 'string(default="h_vmem")',
         "bin_dir": 'string(default="")',
         "command_timeout": "float(min=1, max=3600, default=60)",
+        "accounting_file": 'string(default="")',
+        "accounting_wait": "float(min=0, max=3600, default=30)",
     }
     """``sge_root``/``sge_cell``: the cell ("" = $SGE_ROOT/$SGE_CELL). ``parallel_environment``:
     the PE of multi-core jobs. ``memory_resource``: the per-slot memory limit to request
     (``h_vmem``, or a site's consumable such as ``mem_free``). ``bin_dir``: folder of ``qstat``
-    and ``qacct`` ("" = PATH). ``command_timeout``: seconds for those commands."""
+    and ``qacct`` ("" = PATH). ``command_timeout``: seconds for those commands.
+    ``accounting_file``: Grid Engine's accounting file ("" = ``<sge_root>/<sge_cell>/common/
+    accounting``; ``none``: no evidence of how jobs ended). ``accounting_wait``: seconds the end
+    of a job that needs its accounting record waits for Grid Engine to write it."""
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
@@ -116,6 +151,26 @@ class OgsSystem(DrmaaSystem):
         self.memory_resource = str(self.options.get("memory_resource") or "h_vmem")
         self.bin_dir = str(self.options.get("bin_dir") or "")
         self.command_timeout = float(self.options.get("command_timeout") or 60)
+        self.accounting_file = self._accounting_path()
+        wait = self.options.get("accounting_wait")
+        self.accounting_wait = 30.0 if wait is None else float(wait)
+        #: Reads of the accounting file (at most one per status call).
+        self.accounting_reads = 0
+        self._awaiting: dict[str, float] = {}  # attempt -> when its record was first missed
+        self._unreadable_logged = False
+
+    @property
+    def memory_enforced(self) -> bool:
+        return self.memory_resource in ENFORCED_MEMORY_RESOURCES
+
+    def _accounting_path(self) -> Path | None:
+        configured = str(self.options.get("accounting_file") or "")
+        if configured:
+            return None if configured == "none" else Path(configured)
+        root = str(self.options.get("sge_root") or "") or os.environ.get("SGE_ROOT", "")
+        cell = (str(self.options.get("sge_cell") or "") or os.environ.get("SGE_CELL", "")
+                or "default")
+        return Path(root, cell, "common", "accounting") if root else None
 
     def resource_arguments(self, job: JobSpec) -> list[str]:
         return sge_resource_arguments(
@@ -151,3 +206,84 @@ class OgsSystem(DrmaaSystem):
         if native_id is None and job_has_started(job):
             native_id = forgotten_id(job)
         return native_id
+
+    # ------------------------------------------------------------------ evidence
+    def ended_evidence(self, ended: Sequence[EndedJob]) -> dict[str, Evidence]:
+        """The accounting record of each ended job (read once for all of them), else its
+        ``JobInfo``; a job whose end needs a record that is not written yet awaits it
+        (:data:`~execution_engine.systems.accounting.AWAITED`), up to ``accounting_wait``."""
+        evidence = super().ended_evidence(ended)
+        found = self._accounting_records(ended)
+        now = time.monotonic()
+        for end in ended:
+            job = end.job
+            record = None if found is None else found.get(job.native_id or "")
+            if record is not None:
+                self._awaiting.pop(_wait_key(job), None)
+                evidence[job.job_id] = job_end_evidence(
+                    record, job.resources, source="Grid Engine accounting",
+                    memory_enforced=self.memory_enforced)
+            elif found is not None and job.job_id not in evidence and self._awaits(job, now):
+                evidence[job.job_id] = AWAITED
+        self._forget_stale(now)
+        return evidence
+
+    def _accounting_records(self, ended: Sequence[EndedJob]) -> dict[str, JobEndRecord] | None:
+        """Job number -> accounting record of the ended jobs, from one read of the file's end;
+        None when there is no accounting file to read (then nothing is awaited)."""
+        if self.accounting_file is None:
+            return None
+        wanted = {end.job.native_id: end.job.tag for end in ended
+                  if end.job.native_id and end.job.native_id.isdigit()}
+        if not wanted:
+            return {}
+        self.accounting_reads += 1
+        try:
+            return read_accounting_tail(self.accounting_file, wanted,
+                                        since=_oldest_submission([e.job for e in ended]))
+        except OSError as exc:
+            if not self._unreadable_logged:
+                self._unreadable_logged = True
+                log.warning("%s: cannot read the Grid Engine accounting file (%s): the causes "
+                            "of job ends are unknown", self.name, exc)
+            return None
+
+    def _awaits(self, job: JobSpec, now: float) -> bool:
+        """True while the end of ``job`` should wait for its accounting record: its exit code
+        does not say how it ended (none, or a signal's) and the engine did not kill it, for
+        ``accounting_wait`` seconds from the first miss."""
+        code = read_exit_code(job)
+        if (code is not None and code <= 128) or records.recorded_kill(
+                job.job_dir, job.native_id) is not None:
+            return False
+        first = self._awaiting.setdefault(_wait_key(job), now)
+        if now - first < self.accounting_wait:
+            return True
+        del self._awaiting[_wait_key(job)]
+        log.info("%s: no accounting record of job %s (%s) after %.0f s: its cause is unknown",
+                 self.name, job.job_id, job.native_id, self.accounting_wait)
+        return False
+
+    def _forget_stale(self, now: float) -> None:
+        """Drop waits of jobs no longer asked about (killed, or followed elsewhere)."""
+        horizon = 2 * self.accounting_wait + 60
+        for key in [k for k, first in self._awaiting.items() if now - first > horizon]:
+            del self._awaiting[key]
+
+
+def _wait_key(job: JobSpec) -> str:
+    """A job's attempt (a resubmitted job is another scheduler job, waited for anew)."""
+    return f"{job.job_id}:{job.native_id}"
+
+
+def _oldest_submission(jobs: Sequence[JobSpec]) -> float | None:
+    """The earliest time (seconds since the epoch) any of ``jobs`` can have ended: its
+    submission, as the time its native id was recorded, less a clock slack; None when one of
+    them has no record."""
+    times = []
+    for job in jobs:
+        try:
+            times.append((job.job_dir / records.NATIVE_ID_NAME).stat().st_mtime)
+        except OSError:
+            return None
+    return min(times) - _CLOCK_SLACK if times else None

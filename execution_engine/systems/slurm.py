@@ -4,13 +4,20 @@
   --export=NONE`` plus ``--partition``, ``--cpus-per-task``, ``--mem`` and ``--time`` from the
   job's requirements. Slurm refuses impossible requests at submission when the site sets
   ``EnforcePartLimits`` (otherwise they stay pending, reason "PartitionConfig" or similar).
-* Status: one ``squeue -h -t all -o '%i|%T|%r' -j id1,id2,...`` per cycle (``--me`` instead of
-  the ids when their list would not fit in one argument). ``-t all`` keeps finished jobs visible
-  until ``MinJobAge``. Quirk: with a single unknown id squeue exits 1
+* Status: one ``squeue -h -t all -o '%i|%T|%r|%S|%e|%N' -j id1,id2,...`` per cycle (``--me``
+  instead of the ids when their list would not fit in one argument). ``-t all`` keeps finished
+  jobs visible until ``MinJobAge``. Quirk: with a single unknown id squeue exits 1
   ("Invalid job id specified"), with several it lists the known ones and exits 0. Jobs squeue no
   longer lists are over: their exit-code files say how; the accounting (``sacct -c``, which reads
-  the jobcomp file, or ``sacct`` with slurmdbd) is asked only for the ones without an exit code,
-  to say what happened to them.
+  the jobcomp file, or ``sacct`` with slurmdbd) is asked once per cycle about all of them, to
+  say why they ended and what they used.
+* Why a job ended: its end state, from squeue or the accounting
+  (:data:`~execution_engine.systems.accounting.SLURM_REASONS`: ``TIMEOUT`` and ``DEADLINE`` are
+  walltime_exceeded, ``OUT_OF_MEMORY`` memory_exceeded, ``NODE_FAIL`` and ``BOOT_FAIL``
+  node_failure, ``PREEMPTED`` preempted, ``CANCELLED`` killed_by_system); its wall time from its
+  start and end, its node from the node list. A job gone from squeue that the accounting does
+  not show, or cannot be asked about (none configured, no jobcomp file, "job completion is
+  disabled"), ended for an unknown cause.
 * A pending job with reason ``JobHeldUser``/``JobHeldAdmin`` is reported ``hold``.
 * Hold: ``scontrol hold`` then ``scontrol suspend`` (a running job cannot be held, only
   suspended; ``suspend`` fails harmlessly on a pending one). Release: ``scontrol release`` then
@@ -24,12 +31,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from execution_engine.errors import SystemUnavailable
 from execution_engine.states import JobState
-from execution_engine.systems.base import JobSpec, StatusReport, ended_report, read_exit_code
+from execution_engine.systems.accounting import (
+    SACCT_FIELDS,
+    Evidence,
+    SlurmRecord,
+    parse_sacct_records,
+    slurm_nodes,
+    slurm_state,
+    slurm_timestamp,
+)
+from execution_engine.systems.base import JobSpec, StatusReport, ended_report
 from execution_engine.systems.batch import BatchSystem, CommandResult, check_name
+from execution_engine.systems.records import NATIVE_ID_NAME
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +87,15 @@ SLURM_STATES: Mapping[str, JobState | None] = {
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 _HELD = "PENDING(held)"
 
-STATUS_FORMAT = "%i|%T|%r"
+#: id, state, reason, start and end times, node list: the state for following the job, the
+#: rest as the evidence of how an ended job ended.
+STATUS_FORMAT = "%i|%T|%r|%S|%e|%N"
 #: Beyond this many characters, the id list would not fit in one argument (the kernel caps one
 #: argument at 128 KiB): squeue then lists all of this user's jobs instead, still in one call.
 MAX_ID_LIST = 100_000
+#: Seconds before a job's recorded submission from which the accounting is searched for it
+#: (the clocks of this host and of the controller may differ a little).
+_CLOCK_SLACK = 3600.0
 
 
 # ---------------------------------------------------------------------- builders and parsers
@@ -125,16 +148,38 @@ def parse_squeue_output(stdout: str) -> dict[str, str]:
     return states
 
 
-def parse_sacct_output(stdout: str) -> dict[str, tuple[str, str, str]]:
-    """``sacct -n -P -o jobid,jobname,state,exitcode`` -> id -> (name, state, exit code);
-    job steps (``123.batch``) are skipped; a later line for the same id wins."""
+def parse_squeue_records(stdout: str) -> dict[str, SlurmRecord]:
+    """:data:`STATUS_FORMAT` lines -> id -> record (state, start, end, nodes), the evidence of
+    how the listed jobs that are over ended."""
     records = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 4 or not parts[0] or "." in parts[0]:
+        if len(parts) < 6 or not parts[0]:
             continue
-        records[parts[0]] = (parts[1], parts[2].split(" ", 1)[0], parts[3])
+        records[parts[0]] = SlurmRecord(
+            job_id=parts[0], state=slurm_state(parts[1]), start=slurm_timestamp(parts[3]),
+            end=slurm_timestamp(parts[4]), nodes=slurm_nodes(parts[5]))
     return records
+
+
+def accounting_selection(jobs: Sequence[JobSpec]) -> list[str]:
+    """``sacct`` options selecting ``jobs``: their ids (``-j``), or, when the list would not fit
+    in one argument, every job that started since the earliest of their submissions (``-S``,
+    the time their native ids were recorded; ``sacct -c`` ignores it and lists its whole log);
+    still one call."""
+    id_list = ",".join(job.native_id for job in jobs if job.native_id)
+    if len(id_list) <= MAX_ID_LIST:
+        return ["-j", id_list]
+    times = []
+    for job in jobs:
+        try:
+            times.append((job.job_dir / NATIVE_ID_NAME).stat().st_mtime)
+        except OSError:
+            continue  # submitted before records were kept, or forged: the default window
+    if not times:
+        return []
+    since = datetime.fromtimestamp(min(times) - _CLOCK_SLACK)
+    return ["-S", since.strftime("%Y-%m-%dT%H:%M:%S")]
 
 
 def newest_id(ids: Sequence[str]) -> str | None:
@@ -193,6 +238,10 @@ class SlurmSystem(BatchSystem):
     def parse_status_output(self, stdout: str) -> dict[str, str]:
         return parse_squeue_output(stdout)
 
+    def status_evidence(self, stdout: str) -> Mapping[str, Evidence]:
+        return {job_id: record.evidence()
+                for job_id, record in parse_squeue_records(stdout).items()}
+
     def kill_command(self, native_id: str, force: bool) -> list[str]:
         if force:
             return [self.command("scancel"), "--signal=KILL", "--full", native_id]
@@ -213,48 +262,54 @@ class SlurmSystem(BatchSystem):
         return newest_id([line.strip() for line in stdout.splitlines()])
 
     # ------------------------------------------------------------------ accounting
-    def _sacct(self, extra: Sequence[str]) -> dict[str, tuple[str, str, str]] | None:
-        """Accounting records, or None when there is no accounting or it cannot answer."""
+    def _sacct(self, extra: Sequence[str]) -> dict[str, SlurmRecord] | None:
+        """Accounting records (job id -> record), or None when there is no accounting or it
+        cannot answer (no jobcomp file, "job completion is disabled", no slurmdbd, a hung
+        command): that only leaves the cause of an end unknown, it fails nothing."""
         if self.accounting == "none":
             return None
-        argv = [self.command("sacct"), "-n", "-P", "-o", "jobid,jobname,state,exitcode"]
+        argv = [self.command("sacct"), "-n", "-P", "-o", ",".join(SACCT_FIELDS)]
         if self.accounting == "jobcomp":
             argv.insert(1, "-c")
         try:
             result = self.execute([*argv, *extra])
-        except SystemUnavailable as exc:  # no sacct here, or it hangs: it only adds words
+        except SystemUnavailable as exc:  # no sacct here, or it hangs: it only adds evidence
             log.debug("%s: %s", self.name, exc)
             return None
         if not result.ok:
             log.debug("%s: %s", self.name, result.describe())
             return None
-        return parse_sacct_output(result.stdout)
+        return parse_sacct_records(result.stdout)
 
     def resolve_missing(self, jobs: Sequence[JobSpec]) -> dict[str, StatusReport]:
-        reports = {}
-        unexplained = []
-        for job in jobs:
-            if read_exit_code(job) is not None:
-                reports[job.job_id] = ended_report(job)
-            else:
-                unexplained.append(job)
-        records: dict[str, tuple[str, str, str]] | None = None
-        if unexplained:
-            ids = [job.native_id for job in unexplained if job.native_id]
+        """Jobs squeue has forgotten: ended, from their exit-code files, with the accounting's
+        evidence of why and what they used, asked in one call for all of them."""
+        records: dict[str, SlurmRecord] | None = None
+        ids = [job.native_id for job in jobs if job.native_id]
+        if ids and self.accounting != "none":
             self.status_commands += 1
-            records = self._sacct(["-j", ",".join(ids)])
-        for job in unexplained:
-            record = (records or {}).get(job.native_id or "")
-            if record is None:
-                reports[job.job_id] = ended_report(job, "(no longer known to Slurm)")
-            else:
-                said = f"(Slurm accounting: state {record[1]}, exit code {record[2]})"
-                reports[job.job_id] = ended_report(job, said, SLURM_STATES.get(record[1]))
-        return reports
+            records = self._sacct(accounting_selection(jobs))
+        return {job.job_id: self._gone_report(job, records) for job in jobs}
+
+    def _gone_report(self, job: JobSpec, records: Mapping[str, SlurmRecord] | None
+                     ) -> StatusReport:
+        """The end of a job squeue no longer lists. ``records``: the accounting's, None when it
+        could not be asked. A job without a record has no cause: its absence does not show
+        that Slurm lost it (``sacct -c`` creates a missing jobcomp file empty and answers for
+        it, and a rotated log has forgotten older jobs)."""
+        record = None if records is None else records.get(job.native_id or "")
+        if record is not None:
+            evidence = record.evidence()
+            said = f"(Slurm accounting: state {record.state}, exit code {record.exit_code})"
+            return ended_report(job, said, SLURM_STATES.get(record.state),
+                                reason=evidence.reason, usage=evidence.usage)
+        if records is not None:
+            return ended_report(job, "(no longer known to Slurm, nor to its accounting)")
+        return ended_report(job, "(no longer known to Slurm)")
 
     def find_in_accounting(self, job: JobSpec) -> str | None:
         # ``sacct -c`` ignores --name: filter the records ourselves.
         records = self._sacct(["--name", job.tag])
         if not records:
             return None
-        return newest_id([jid for jid, (name, _, _) in records.items() if name == job.tag])
+        return newest_id([jid for jid, record in records.items() if record.name == job.tag])

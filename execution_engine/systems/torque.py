@@ -12,6 +12,14 @@ Command mode (the default, :class:`TorqueCliSystem`):
   (completed) says nothing of how a job ended (Slurm's Torque wrappers show C for every end):
   the exit-code file decides. Held jobs show ``H`` in Torque; Slurm's wrappers show them as
   ``Q`` (queued), so there a held job is reported ``pending``.
+* Why a job ended: Torque's ``exit_status`` of a completed job, in the same ``qstat -f``
+  (:func:`~execution_engine.systems.accounting.torque_evidence`: -11 walltime_exceeded, -10
+  memory_exceeded, -4 to -6 node_failure; above 256 the MOM killed the job with a signal, for
+  the limit its ``resources_used`` reached, else killed_by_system), with ``resources_used``
+  (walltime, cput, mem) and the node of ``exec_host`` as its usage. Slurm's wrappers show no
+  ``exit_status`` nor ``resources_used``: there only the node is known, and the cause of an end
+  is the exit code's. A job ``qstat`` no longer lists has no evidence left (Torque keeps
+  completed jobs only ``keep_completed`` seconds).
 * Kill: ``qdel``; a finished job makes it fail, which is not an error. Hold/release: ``qhold``
   and ``qrls`` (a running job cannot be held).
 * Commands are taken from ``bin_dir`` when set (Slurm's wrappers cannot share /usr/bin with
@@ -31,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from execution_engine.states import JobState
+from execution_engine.systems.accounting import Evidence, torque_evidence
 from execution_engine.systems.base import ExecutionSystem, JobSpec, StatusReport, Submission
 from execution_engine.systems.batch import BatchSystem, CommandResult, check_name
 from execution_engine.systems.drmaa_base import DrmaaSystem, drmaa_process_environment
@@ -149,6 +158,10 @@ class TorqueCliSystem(BatchSystem):
 
     def parse_status_output(self, stdout: str) -> dict[str, str]:
         return {job_id: attrs.get("job_state", "")
+                for job_id, attrs in parse_qstat_full(stdout).items()}
+
+    def status_evidence(self, stdout: str) -> Mapping[str, Evidence]:
+        return {job_id: torque_evidence(attrs)
                 for job_id, attrs in parse_qstat_full(stdout).items()}
 
     def same_job(self, listed_id: str, native_id: str) -> bool:
