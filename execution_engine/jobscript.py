@@ -6,6 +6,22 @@ directory, and records the exit code in ``.execd/exit_code`` (the engine's truth
 ended, since schedulers forget finished jobs). A TERM sent to the job (a kill) is let through to
 the command; the script then still records the code (143).
 
+Limits and usage (see docs/systems.md, "Local"):
+
+* Before anything else the script applies the memory limit its execution system passes in its
+  environment: it joins the cgroup named by ``EXECD_CGROUP`` (writes its pid into
+  ``cgroup.procs``, so that the command and every descendant start inside it), or sets
+  ``ulimit -v`` to ``EXECD_ULIMIT_V`` (KiB). When that fails the command never runs: the script
+  says why on its stderr and in ``.execd/no_limit`` and exits :data:`NO_LIMIT_EXIT`. Neither
+  variable reaches the command.
+* The command runs under GNU time (``/usr/bin/time``, when it is there at run time), which
+  writes what it used into ``.execd/usage`` (``key=value`` lines: ``wall``, ``user``, ``sys``,
+  ``maxrss_kb``); without it the command runs as is. A system that records usage itself (Local,
+  from the rusage of the reaped script) passes ``EXECD_USAGE`` and the command runs as is: one
+  process fewer per job. Exit codes, redirections and the closing of the slot descriptor are
+  the same either way. A forged body (``body=``, application phases) runs in the script's own
+  shell and is never wrapped.
+
 The environment of a job is: the variables the execution system gives (none for Local but a
 minimal PATH/HOME/USER/LANG), then ``PATH`` from ``[engine] job_path``, ``EXECD_JOB_ID``,
 ``EXECD_JOB_NAME``, ``EXECD_JOB_DIR``, ``EXECD_PROJECT``, ``EXECD_OWNER``, then the job's own
@@ -28,12 +44,28 @@ from execution_engine.systems.base import (
     SCRIPT_FILE,
     STDERR_NAME,
     STDOUT_NAME,
+    USAGE_NAME,
 )
+from execution_engine.systems.records import NO_LIMIT_NAME
 
 #: Exit code of the script when it cannot enter its job directory (the command never ran).
 NO_JOB_DIR_EXIT = 97
+#: Exit code of the script when it cannot apply the memory limit it was given (the command
+#: never ran: it does not run without its limit).
+NO_LIMIT_EXIT = 98
 #: The descriptor a Local slot lock is passed on; the command runs without it.
 SLOT_FD = 9
+#: Variables an execution system may start the script with (none of them reaches the command):
+#: the cgroup to join before anything runs, an address-space limit in KiB, and "the system
+#: records the usage itself" (no GNU time).
+CGROUP_ENV = "EXECD_CGROUP"
+ULIMIT_ENV = "EXECD_ULIMIT_V"
+USAGE_ENV = "EXECD_USAGE"
+#: GNU time, used when it is executable where the job runs.
+GNU_TIME = "/usr/bin/time"
+#: GNU time's format: the ``key=value`` lines :func:`execution_engine.systems.base.read_usage`
+#: reads (GNU time turns the ``\\n`` into new lines).
+USAGE_FORMAT = r"wall=%e\nuser=%U\nsys=%S\nmaxrss_kb=%M"
 
 
 def job_environment(
@@ -75,25 +107,69 @@ def forge_script(
     """
     q = shlex.quote
     exports = "\n".join(f"export {key}={q(value)}" for key, value in environment.items())
-    run = body if body is not None else (
-        f"{' '.join(q(a) for a in command)} </dev/null >{STDOUT_NAME} 2>{STDERR_NAME} "
-        f"{SLOT_FD}>&-"
-    )
+    run = f"{_TERM_CHECK}\n{body}" if body is not None else _run_command(command)
     return f"""#!/bin/sh
 # Job script forged by execd for job {job_id}. It needs nothing but itself and its job
 # directory; it records the exit code in {EXIT_CODE_NAME}.
+{_LIMITS}
 cd {q(job_dir)} || exit {NO_JOB_DIR_EXIT}
 echo $$ >{PID_NAME}
+{_NO_LIMIT}
 # A TERM (a kill) goes to the command; the script waits for it and records its code.
 trap 'execd_term=1' TERM
 {exports}
 # A TERM that came before the command started (it reaches only what runs): nothing starts.
-[ -z "${{execd_term-}}" ] || {{ echo 143 >{EXIT_CODE_NAME}; exit 143; }}
 {run}
 execd_code=$?
 echo "$execd_code" >{EXIT_CODE_NAME}
 exit "$execd_code"
 """
+
+
+# The memory limit comes first: the command, and everything the script starts, begins inside
+# it. A failure is only noted here (the job directory is not entered yet) and acted on below.
+_LIMITS = f"""\
+if [ -n "${{{CGROUP_ENV}-}}" ]; then
+  echo $$ >"${CGROUP_ENV}/cgroup.procs" ||
+    execd_no_limit="cannot join the memory cgroup ${CGROUP_ENV}"
+fi
+if [ -n "${{{ULIMIT_ENV}-}}" ]; then
+  ulimit -v "${ULIMIT_ENV}" || execd_no_limit="cannot set ulimit -v ${ULIMIT_ENV}"
+fi
+execd_usage=${{{USAGE_ENV}-}}
+unset {CGROUP_ENV} {ULIMIT_ENV} {USAGE_ENV}"""
+
+# Never run unlimited: a limit that could not be set ends the job before its command starts.
+_NO_LIMIT = f"""\
+if [ -n "${{execd_no_limit-}}" ]; then
+  echo "execd: $execd_no_limit: the command does not run without its memory limit" >&2
+  echo "$execd_no_limit" >{NO_LIMIT_NAME}
+  echo {NO_LIMIT_EXIT} >{EXIT_CODE_NAME}
+  exit {NO_LIMIT_EXIT}
+fi"""
+
+
+# Right before the command: a TERM after this check reaches the command itself.
+_TERM_CHECK = f'[ -z "${{execd_term-}}" ] || {{ echo 143 >{EXIT_CODE_NAME}; exit 143; }}'
+
+
+def _run_command(command: Sequence[str]) -> str:
+    """The lines running ``command``: under GNU time when it is there at run time and the
+    system does not record usage itself, else as is; the same exit code (GNU time exits with
+    the command's status, 128 + N for signal N, 126/127 when it cannot run it), redirections
+    and closing of the slot descriptor either way. Which way is decided before the check for an
+    early TERM, so that nothing runs between that check and the command."""
+    q = shlex.quote
+    argv = " ".join(q(a) for a in command)
+    redirections = f"</dev/null >{STDOUT_NAME} 2>{STDERR_NAME} {SLOT_FD}>&-"
+    timed = f"{GNU_TIME} -q -o {USAGE_NAME} -f {q(USAGE_FORMAT)} -- {argv}"
+    return (f'if [ -z "$execd_usage" ] && [ -x {GNU_TIME} ]; then\n'
+            f"  {_TERM_CHECK}\n"
+            f"  {timed} {redirections}\n"
+            f"else\n"
+            f"  {_TERM_CHECK}\n"
+            f"  {argv} {redirections}\n"
+            f"fi")
 
 
 def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | None = None,
@@ -147,5 +223,6 @@ def write_script(path: Path, text: str, jobs_dir: Path | None = None) -> None:
                           mode=0o755)
 
 
-__all__ = ["ENGINE_DIR", "NO_JOB_DIR_EXIT", "SLOT_FD", "UnsafePathError", "forge_script",
-           "job_environment", "make_job_dir", "write_script"]
+__all__ = ["CGROUP_ENV", "ENGINE_DIR", "GNU_TIME", "NO_JOB_DIR_EXIT", "NO_LIMIT_EXIT", "SLOT_FD",
+           "ULIMIT_ENV", "USAGE_ENV", "UnsafePathError", "forge_script", "job_environment",
+           "make_job_dir", "write_script"]

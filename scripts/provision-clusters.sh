@@ -97,6 +97,9 @@ fi
 
 prov_tmp_init
 forbid_service_starts
+# Job scripts record what each job used with GNU time (/usr/bin/time) where it is installed.
+step "job tools: GNU time"
+apt_install time
 want sge && sge_provision
 want slurm && slurm_provision
 allow_service_starts

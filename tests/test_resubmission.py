@@ -4,6 +4,7 @@ mongod, real Local jobs)."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -247,3 +248,21 @@ def test_execd_resubmit_from_the_command_line(engine: Engine) -> None:
                     what="the job to run")
     refused = engine.cli("resubmit", str(running), check=False)
     assert refused.returncode == 1 and "only an ended job runs again" in refused.stderr
+
+
+def test_local_walltime_and_memory_failures_run_again_with_doubled_limits(
+        engine_factory: Callable[..., Engine]) -> None:
+    """The issue's case on Local: over its walltime, over its memory; each attempt is ended
+    by the system's own enforcement, and the second, with twice the limit, finishes."""
+    engine = engine_factory(routes(first="resubmit_on = walltime_exceeded, memory_exceeded\n"
+                                         "resubmit_attempts = 2\n"
+                                         "resubmit_scale = walltime_s=2, memory_mb=2\n"))
+    slow = engine.submit("sleep", "3", requirements={"walltime_s": 2})
+    hungry = engine.submit(
+        sys.executable, "-c", "b = bytearray(150 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])",
+        requirements={"memory_mb": 100})
+    slow_doc, hungry_doc = engine.wait_ended([slow, hungry], timeout=90)
+    assert slow_doc["attempts"][0]["reason"] == "walltime_exceeded"
+    assert slow_doc["state"] == "finished" and slow_doc["requirements"] == {"walltime_s": 4}
+    assert hungry_doc["attempts"][0]["reason"] == "memory_exceeded"
+    assert hungry_doc["state"] == "finished" and hungry_doc["requirements"] == {"memory_mb": 200}

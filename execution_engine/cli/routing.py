@@ -71,6 +71,8 @@ def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
         source = registry.sources.get(f"system:{section.cls}", "?")
         capabilities = Capabilities.from_options(section.options).describe()
         print(f"  {section.name}: {section.cls}; {capabilities}; from {source}")
+        for line in _enforcement(registry, config, section):
+            print(f"    {line}")
     print("execution system classes loaded:")
     for kind in sorted(registry.systems):
         print(f"  {kind}: {registry.systems[kind].__name__}, from "
@@ -87,6 +89,23 @@ def cmd_systems(config: EngineConfig, args: argparse.Namespace) -> int:
     for note in registry.notes:
         print(f"note: {note}")
     return EXIT_OK
+
+
+def _enforcement(registry: Any, config: EngineConfig, section: Any) -> list[str]:
+    """How a system enforces jobs' requirements, for a class that says (``limits(name,
+    options)``, as Local does); nothing for the others or when its options are bad."""
+    from execution_engine.errors import ConfigError
+    from execution_engine.plugins.factory import system_options
+
+    cls = registry.systems.get(section.cls)
+    limits = getattr(cls, "limits", None)
+    if cls is None or not callable(limits):
+        return []
+    try:
+        return [str(line) for line in limits(section.name, system_options(
+            cls, section, config.engine.state_dir))]
+    except (ConfigError, OSError):
+        return []
 
 
 def _signature(rule: Any) -> str:

@@ -2,10 +2,14 @@
 
 * Each job runs ``/bin/sh <job script>`` in a session of its own (``setsid``), so it survives a
   daemon restart and can be killed as a whole process group.
-* At most ``slots`` jobs run at once on the host. A slot is a lock (``flock``) on one of
-  ``slots`` files in the state directory, held by the job script's process: it is given back by
-  the kernel when the job ends, however it ends, even when the daemon is dead. Several Submit
-  actors and several daemons sharing a state directory therefore never overrun the host.
+* At most ``slots`` slots are taken at once on the host; a job takes one per core it asks for
+  (``cores``, default 1; more than ``slots`` is refused at submission). A slot is a lock on one
+  byte of the file ``slots/lock`` in the state directory (an open-file-description lock,
+  ``F_OFD_SETLK``), held by the job script's process on one descriptor however many slots it
+  holds: it is given back by the kernel when the job ends, however it ends, even when the
+  daemon is dead. Several Submit actors and several daemons sharing a state directory therefore
+  never overrun the host. A job asking for cores is pinned to as many CPUs, chosen from its
+  slots (:func:`~execution_engine.systems.local_limits.cpus_for`).
 * The native id is ``<pid>:<start time>`` (start time in clock ticks since boot, from
   ``/proc``): a recycled pid is never mistaken for the job.
 * A kill signals a process group only when it is the job's own (:func:`job_process`): the
@@ -15,6 +19,19 @@
   one of these and is never signalled.
 * Status comes from the exit-code file first, then from the process. Processes are watched through
   pidfds, so the Status actor wakes the moment a job exits instead of waiting for its next cycle.
+* Usage: the process that started a job watches it through a pidfd too and reaps it the moment
+  it exits, with ``wait4``; it sends the rusage (wall, user and system CPU, largest resident set
+  of the script and the processes it waited for, the signal that ended it) as one line through
+  the FIFO ``ended`` of the state directory (:class:`UsageChannel`; a file per job would cost
+  what the job does). The Status actor reports an ended job once its line is there (waiting
+  :data:`USAGE_WAIT` for it, then woken by its arrival), or :data:`USAGE_PATIENCE` seconds
+  after the end when no line comes (the starter is gone: a restart). The job script therefore
+  runs the command without GNU time (``EXECD_USAGE``).
+* Limits: a job over its ``walltime_s`` gets TERM on its process group, KILL ``kill_grace``
+  seconds later, and ends with reason ``walltime_exceeded`` (``.execd/limit`` records it before
+  the signal, so that a restarted actor carries on). ``memory_mb`` is enforced by the kernel's
+  memory controller or ``ulimit -v`` (:mod:`~execution_engine.systems.local_limits`); an
+  out-of-memory kill in the job's cgroup ends it with reason ``memory_exceeded``.
 * What the job script itself prints (a shell error, never the command's output, which goes to
   ``job.stdout``/``job.stderr``) is appended to ``<state_dir>/systems/<name>/jobs.log``, one
   file opened once, rather than to a ``scheduler.log`` per job: creating a file per job is a
@@ -29,28 +46,36 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import select
 import signal
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from execution_engine.errors import NoCapacity, SubmissionRejected
-from execution_engine.jobscript import SLOT_FD
+from execution_engine.jobscript import CGROUP_ENV, NO_LIMIT_EXIT, SLOT_FD, ULIMIT_ENV, USAGE_ENV
 from execution_engine.proc import is_running, process_start_time
+from execution_engine.reasons import Reason
 from execution_engine.states import JobState
-from execution_engine.systems import records
+from execution_engine.systems import local_limits, records
 from execution_engine.systems.base import (
     PID_NAME,
+    USAGE_NAME,
     ExecutionSystem,
     JobSpec,
     StatusReport,
     Submission,
+    Usage,
     ended_report,
+    host_name,
     read_exit_code,
 )
+from execution_engine.systems.local_limits import MemoryMethod
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +84,29 @@ SHELL = "/bin/sh"
 WAIT_PATIENCE = 0.05
 """Seconds without a free slot after which a submission's wait counts as long
 (:attr:`ExecutionSystem.before_waiting` is called)."""
+
+USAGE_PATIENCE = 2.0
+"""Seconds an ended job's report waits for its usage record (written when the process that
+started the job reaps it). Only a job whose starter is gone (a restart) waits that long."""
+
+SWEEP_INTERVAL = 600.0
+"""Seconds between two looks for cgroups left behind by jobs whose end was recorded by an
+actor that died before it removed them."""
+
+SWEEP_MIN_AGE = 60.0
+"""A job cgroup younger than this is never swept: its job may be about to join it."""
+
+ENDED_FIFO = "ended"
+"""The FIFO in the state directory through which reapers send usage to the Status actor."""
+
+USAGE_WAIT = 0.02
+"""Seconds a status call waits for the usage of jobs it found ended without it."""
+
+USAGE_KEPT = 600.0
+"""Seconds the usage of a job the Status actor does not follow is kept for it."""
+
+_OFD_LOCK = struct.Struct("hhqqi")
+"""``struct flock`` of Linux (64-bit ``off_t``), for ``F_OFD_SETLK``."""
 
 
 def parse_native_id(native_id: str) -> tuple[int, int]:
@@ -92,33 +140,55 @@ def job_process(job: JobSpec) -> int | None:
     return pid if ours and is_running(pid, start) else None
 
 
+class Held(NamedTuple):
+    """Slots taken: the descriptor holding their locks, and which they are."""
+
+    fd: int
+    indexes: tuple[int, ...]
+
+
 class SlotPool:
-    """``count`` host-wide slots, each a lock on a file in ``directory``."""
+    """``count`` host-wide slots: slot ``i`` is a lock on byte ``i`` of ``<directory>/lock``.
+
+    The locks are open-file-description locks (``F_OFD_SETLK``): they belong to the open file,
+    not to a process, so they pass to the job script with its descriptor (``posix_spawn``
+    keeps it open), are not dropped when another descriptor of the same file is closed, and are
+    freed by the kernel once the last descriptor of that open file is gone: when the job ends.
+    Any number of slots of one job are held on one descriptor."""
+
+    LOCK_FILE = "lock"
 
     def __init__(self, directory: Path, count: int) -> None:
         self.directory = directory
         self.count = count
         self._next = 0
+        self._path = directory / self.LOCK_FILE
         directory.mkdir(parents=True, exist_ok=True)
 
-    def try_acquire(self) -> int | None:
-        """A descriptor holding a free slot's lock, or None when all are taken."""
+    def take(self, count: int = 1) -> Held | None:
+        """``count`` free slots on one new descriptor (close-on-exec), or None when fewer are
+        free. Slots are tried round-robin from the one after the last taken, so consecutive
+        jobs get different slots (and CPUs)."""
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        taken: list[int] = []
         for i in range(self.count):
             index = (self._next + i) % self.count
-            fd = os.open(self.directory / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._next = (index + 1) % self.count
-            return fd
+            if _lock_byte(fd, index):
+                taken.append(index)
+                if len(taken) == count:
+                    self._next = (index + 1) % self.count
+                    return Held(fd, tuple(taken))
+        os.close(fd)  # gives back the ones taken
         return None
 
+    def try_acquire(self) -> int | None:
+        """A descriptor holding one free slot's lock, or None when all are taken."""
+        held = self.take(1)
+        return None if held is None else held.fd
+
     def acquire(self, wait: float, sleep: Callable[[float], object] = time.sleep, *,
-                before_waiting: Callable[[], object] = lambda: None) -> int:
-        """A free slot, waiting up to ``wait`` seconds; raises NoCapacity.
+                before_waiting: Callable[[], object] = lambda: None, count: int = 1) -> Held:
+        """``count`` free slots, waiting up to ``wait`` seconds for them; raises NoCapacity.
 
         ``sleep(seconds)`` waits between attempts; the Local system passes one that returns as
         soon as one of its own jobs exits (slots freed by other processes are seen at the next
@@ -131,38 +201,68 @@ class SlotPool:
         delay = 0.0005
         told = False
         while True:
-            fd = self.try_acquire()
-            if fd is not None:
-                return fd
+            held = self.take(count)
+            if held is not None:
+                return held
             if not told and time.monotonic() - started >= WAIT_PATIENCE:
                 before_waiting()
                 told = True
             left = deadline - time.monotonic()
             if left <= 0:
-                raise NoCapacity("local", f"all {self.count} slots are busy")
+                raise NoCapacity("local", f"all {self.count} slots are busy" if count == 1
+                                 else f"{count} of the {self.count} slots are not free")
             sleep(min(delay, left))
             delay = min(delay * 2, 0.01)
+
+
+def _lock_byte(fd: int, index: int) -> bool:
+    """Take the lock on byte ``index`` of ``fd``'s file for ``fd``'s open file; False when
+    another open file holds it."""
+    request = _OFD_LOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, index, 1, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+Reaped = Callable[[int, int, resource.struct_rusage], None]
+"""Called with the pid, wait status and rusage of each child a reaping watcher collects."""
 
 
 class PidWatcher:
     """pidfds of job processes in one epoll set.
 
     ``reap=True`` (in the process that started the jobs) collects each exited child at once from a
-    background thread, so no zombie is left; otherwise the epoll descriptor only tells a waiting
-    Status actor that a job ended.
+    background thread with ``wait4``, so no zombie is left, and hands its rusage to
+    ``on_reaped``; otherwise the epoll descriptor only tells a waiting Status actor that a job
+    ended (or, through :meth:`listen`, that a reaper sent the usage of one).
     """
 
-    def __init__(self, reap: bool) -> None:
+    def __init__(self, reap: bool, on_reaped: Reaped | None = None) -> None:
         self._epoll = select.epoll()
         self._fds: dict[int, int] = {}  # pidfd -> pid
         self._by_pid: dict[int, int] = {}
         self._lock = threading.Lock()
         self._reap = reap
+        self._on_reaped = on_reaped
         self._thread: threading.Thread | None = None
         self._exited = threading.Condition()
+        self._fifo: int | None = None
 
     def fileno(self) -> int:
         return self._epoll.fileno()
+
+    def listen(self, fd: int | None) -> None:
+        """Wake on ``fd`` too (the read end of the usage FIFO, which the caller reads), or on
+        nothing more (None); the descriptor stays the caller's."""
+        if self._fifo is not None:
+            self._epoll.unregister(self._fifo)
+        self._fifo = fd
+        if fd is not None:
+            self._epoll.register(fd, select.EPOLLIN)
 
     def watch(self, pid: int) -> bool:
         """Watch ``pid``; False when it is already gone."""
@@ -210,11 +310,23 @@ class PidWatcher:
                     pid = self._fds.get(fd)
                 if pid is None:
                     continue
-                with contextlib.suppress(ChildProcessError):
-                    os.waitid(os.P_PIDFD, fd, os.WEXITED)
+                self._collect(pid)
                 self.forget(pid)
                 with self._exited:
                     self._exited.notify_all()
+
+    def _collect(self, pid: int) -> None:
+        """Reap the exited child ``pid`` and pass on its rusage."""
+        try:
+            _, status, usage = os.wait4(pid, 0)  # it has exited: this does not block
+        except ChildProcessError:  # not ours to reap (or already reaped)
+            return
+        if self._on_reaped is None:
+            return
+        try:
+            self._on_reaped(pid, status, usage)
+        except Exception:  # the reaper must go on: a lost usage record is not worth a zombie
+            log.exception("cannot record the usage of process %d", pid)
 
     def wait_exit(self, timeout: float) -> None:
         """Sleep until one of the watched children is reaped, or ``timeout`` seconds pass."""
@@ -227,7 +339,87 @@ class PidWatcher:
                 os.close(fd)
             self._fds.clear()
             self._by_pid.clear()
+            self._fifo = None
         self._epoll.close()
+
+
+class UsageChannel:
+    """The FIFO ``<state_dir>/ended``, from the processes that reap jobs to the Status actor:
+    one line per reaped job, ``<native id> wall=... user=... sys=... maxrss_kb=...
+    [signal=SIG...]`` (:func:`usage_line`). A line is shorter than ``PIPE_BUF``, so lines of
+    several writers never mix. The line is the usage record, and its arrival wakes the Status
+    actor when it is listening: no file is made per job (a file creation costs about as much
+    as starting a trivial job). A line that cannot be sent (no reader yet, the pipe full) is
+    written as the job's ``.execd/usage`` file instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: int | None = None
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.warning("cannot make the FIFO %s: usage is recorded in files: %s", path, exc)
+
+    def open_reader(self) -> int | None:
+        """The read end, non-blocking; opened read-write so that it never reads as hung up
+        when no reaper has it open. None when the path is not a FIFO."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def send(self, line: str) -> bool:
+        """Write ``line`` to the reader; False when there is none or its pipe is full."""
+        data = line.encode()
+        if len(data) > select.PIPE_BUF:
+            return False
+        try:
+            if self._writer is None:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    return False
+                self._writer = fd
+            return os.write(self._writer, data) == len(data)
+        except BlockingIOError:  # full: the reader is behind
+            return False
+        except OSError:  # no reader now (ENXIO, EPIPE), or no FIFO
+            self.close()
+            return False
+
+    def close(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+
+def usage_line(native_id: str, status: int, usage: resource.struct_rusage, wall: float) -> str:
+    """The line :class:`UsageChannel` carries for a reaped job (``status``: its wait status)."""
+    fields = [native_id, f"wall={wall:.3f}", f"user={usage.ru_utime:.3f}",
+              f"sys={usage.ru_stime:.3f}", f"maxrss_kb={usage.ru_maxrss}"]
+    if os.WIFSIGNALED(status):
+        fields.append(f"signal={_signal_name(os.WTERMSIG(status))}")
+    return " ".join(fields) + "\n"
+
+
+def parse_usage_line(line: str) -> tuple[str, Usage] | None:
+    """The native id and usage a :func:`usage_line` says, or None when it is not one."""
+    native_id, *fields = line.split()
+    figures: dict[str, str] = dict(f.partition("=")[::2] for f in fields)
+    try:
+        user, system = float(figures["user"]), float(figures["sys"])
+        usage = Usage(wall_s=float(figures["wall"]), cpu_s=round(user + system, 3),
+                      max_rss_mb=round(int(figures["maxrss_kb"]) / 1024, 1),
+                      signal=figures.get("signal"))
+    except (KeyError, ValueError):
+        return None
+    return native_id, usage
 
 
 class LocalSystem(ExecutionSystem):
@@ -240,36 +432,154 @@ class LocalSystem(ExecutionSystem):
         "slots": f"integer(min=1, max=100000, default={os.cpu_count() or 1})",
         "kill_grace": "float(min=0, max=3600, default=10.0)",
         "slot_wait": "float(min=0, max=60, default=0.5)",
+        "memory_limit": "option('auto', 'ulimit', 'none', default='auto')",
+        "cgroup_parent": "string(default='')",
     }
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
-        self.slots = SlotPool(Path(self.options["state_dir"]) / "slots",
-                              int(self.options["slots"]))
+        state_dir = Path(self.options["state_dir"])
+        self.slots = SlotPool(state_dir / "slots", int(self.options["slots"]))
         self.slot_wait = float(self.options["slot_wait"])
         self.kill_grace = float(self.options["kill_grace"])
         self._children: PidWatcher | None = None
         self._watched: PidWatcher | None = None
         self._jobs_log_fd: int | None = None
+        self._channel = UsageChannel(state_dir / ENDED_FIFO)
+        self._listening = False
+        self._fifo: int | None = None  # the read end of the usage FIFO, once opened
+        self._fifo_tried = False
+        self._memory_method: MemoryMethod | None = None
+        self._detected_method: MemoryMethod | None = None
+        self._cpus = sorted(os.sched_getaffinity(0))
+        self._host = host_name()
+        # pid -> (job dir, native id, monotonic start), until reaped
+        self._spawned: dict[int, tuple[Path, str, float]] = {}
+        # native id -> (usage received, when), until its job is reported or forgotten
+        self._usages: dict[str, tuple[Usage, float]] = {}
+        self._reported: set[str] = set()  # native ids whose usage went into a report
+        self._partial = b""  # the start of a line not yet read whole
+        self._limit_sent: dict[str, tuple[str, float]] = {}  # native id -> (reason, TERM time)
+        self._refused: set[str] = set()  # native ids not signalled (told once)
+        self._ending: dict[str, float] = {}  # job id -> when first seen ended without usage
+        self._next_sweep = 0.0
+
+    # ------------------------------------------------------------------ limits
+    @property
+    def memory_method(self) -> MemoryMethod:
+        """How this system limits its jobs' memory, chosen once per process (the cgroup folders
+        made on the way) and written to ``<state_dir>/memory_method`` for ``execd systems``."""
+        if self._memory_method is None:
+            method = local_limits.choose_memory_method(
+                _cgroup_folder_name(self.name), str(self.options.get("memory_limit", "auto")),
+                str(self.options.get("cgroup_parent", "")))
+            self._memory_method = method
+            _remember_method(Path(self.options["state_dir"]), method)
+            log.info("%s: memory limits: %s", self.name, method.describe())
+        return self._memory_method
+
+    def _known_method(self) -> MemoryMethod:
+        """The memory method to find jobs' cgroups by: the one this process chose, else the
+        one it would choose, found without making anything (the Status actor only reads and
+        removes job cgroups)."""
+        if self._memory_method is not None:
+            return self._memory_method
+        if self._detected_method is None:
+            self._detected_method = local_limits.choose_memory_method(
+                _cgroup_folder_name(self.name), str(self.options.get("memory_limit", "auto")),
+                str(self.options.get("cgroup_parent", "")), set_up=False)
+        return self._detected_method
+
+    @classmethod
+    def limits(cls, name: str, options: Mapping[str, Any]) -> list[str]:
+        """How the jobs' requirements are enforced, in words (``execd systems``), for the
+        system ``name`` with the checked ``options``. The memory method is the one the daemon
+        recorded when it chose it, else the one this process would choose (nothing is made
+        meanwhile)."""
+        recorded = _recorded_method(Path(options["state_dir"]))
+        if recorded is None:
+            method = local_limits.choose_memory_method(
+                _cgroup_folder_name(name),
+                str(options.get("memory_limit", "auto")), str(options.get("cgroup_parent", "")),
+                set_up=False)
+            recorded = f"{method.describe()} (detected now: the daemon decides when it starts)"
+        return [f"cores: a job takes one of the {options['slots']} slots per core it asks for, "
+                f"and is pinned to as many CPUs",
+                f"memory_mb: {recorded}",
+                f"walltime_s: TERM to the job's process group once over it, KILL "
+                f"{options['kill_grace']} s later (reason walltime_exceeded)"]
+
+    def _cores(self, job: JobSpec) -> int:
+        """The slots ``job`` takes; SubmissionRejected when it asks for more than there are."""
+        cores = _positive(job.resources.cores) or 1
+        if cores > self.slots.count:
+            raise SubmissionRejected(
+                self.name, f"the job asks for {cores} cores and this system has "
+                           f"{self.slots.count} slots (option slots): it could never start")
+        return cores
+
+    def _limit_environment(self, job: JobSpec) -> dict[str, str]:
+        """The variables giving the job script its memory limit (none without ``memory_mb``).
+        A cgroup that cannot be made falls back to ``ulimit -v`` for this job, with a warning:
+        the job never runs unlimited for want of a cgroup."""
+        memory_mb = _positive(job.resources.memory_mb)
+        if memory_mb is None:
+            return {}
+        method = self.memory_method
+        if method.uses_cgroups:
+            try:
+                path = local_limits.make_job_cgroup(method, job.tag, memory_mb)
+            except OSError as exc:
+                log.warning("%s: cannot make the memory cgroup of job %s, limiting it with "
+                            "ulimit -v instead: %s", self.name, job.job_id, exc)
+            else:
+                return {CGROUP_ENV: str(path)}
+        if method.kind == local_limits.NONE:
+            return {}
+        return {ULIMIT_ENV: str(memory_mb * 1024)}
 
     # ------------------------------------------------------------------ run
     def run(self, job: JobSpec) -> Submission:
         if not job.script.is_file():
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
+        cores = self._cores(job)
         if self._children is None:
-            self._children = PidWatcher(reap=True)
-        slot = self.slots.acquire(self.slot_wait, self._children.wait_exit,
-                                  before_waiting=self.before_waiting)
+            self._children = PidWatcher(reap=True, on_reaped=self._record_usage)
+        held = self.slots.acquire(self.slot_wait, self._children.wait_exit,
+                                  before_waiting=self.before_waiting, count=cores)
+        slot = held.fd
+        environment: dict[str, str] = {}
         try:
             if slot == SLOT_FD:  # posix_spawn's dup2 onto itself would keep close-on-exec
                 moved = os.dup(slot)
                 os.close(slot)
                 slot = moved
-            log_fd = self._jobs_log()
-            pid = os.posix_spawn(
+            environment = self._limit_environment(job)
+            cpus = None
+            if _positive(job.resources.cores) is not None:
+                cpus = local_limits.cpus_for(held.indexes, cores, self._cpus)
+            pid = self._spawn(job, environment, slot, cpus)
+        except OSError as exc:
+            self._drop_cgroup(environment)
+            raise SubmissionRejected(self.name, f"cannot start {job.script}: {exc}") from exc
+        finally:
+            os.close(slot)  # the job's process holds the slots from now on
+        native_id = f"{pid}:{process_start_time(pid)}"  # an unreaped child is in /proc
+        self._spawned[pid] = (job.job_dir, native_id, time.monotonic())
+        self._children.watch(pid)
+        return Submission(native_id, JobState.RUNNING)
+
+    def _spawn(self, job: JobSpec, limits: Mapping[str, str], slot: int,
+               cpus: set[int] | None) -> int:
+        """Start the job script in a session of its own, holding the slots on
+        :data:`SLOT_FD`, pinned to ``cpus`` (None: not pinned) from its first instruction."""
+        log_fd = self._jobs_log()
+        environment = {**_base_environment(), **limits, USAGE_ENV: self.kind}
+        with local_limits.pinned(cpus) if cpus is not None else contextlib.nullcontext():
+            return os.posix_spawn(
                 SHELL,
                 [SHELL, str(job.script)],
-                _base_environment(),
+                environment,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, log_fd, 1),
@@ -278,13 +588,24 @@ class LocalSystem(ExecutionSystem):
                 ],
                 setsid=True,
             )
-        except OSError as exc:
-            raise SubmissionRejected(self.name, f"cannot start {job.script}: {exc}") from exc
-        finally:
-            os.close(slot)  # the job's process holds the slot from now on
-        start = process_start_time(pid)  # an unreaped child is still in /proc
-        self._children.watch(pid)
-        return Submission(f"{pid}:{start}", JobState.RUNNING)
+
+    def _drop_cgroup(self, environment: Mapping[str, str]) -> None:
+        """Remove the cgroup made for a job that did not start."""
+        if CGROUP_ENV in environment:
+            local_limits.remove_cgroup(Path(environment[CGROUP_ENV]))
+
+    def _record_usage(self, pid: int, status: int, usage: resource.struct_rusage) -> None:
+        """Send what the job of the reaped script ``pid`` used to the Status actor (which
+        wakes it), else record it in the job's ``.execd/usage`` (the keys GNU time would
+        write, plus ``signal`` when the script itself was killed)."""
+        spawned = self._spawned.pop(pid, None)
+        if spawned is None:
+            return
+        job_dir, native_id, began = spawned
+        line = usage_line(native_id, status, usage, time.monotonic() - began)
+        if not self._channel.send(line):
+            _, *fields = line.split()
+            _write_new_record(job_dir, USAGE_NAME, "\n".join(fields) + "\n")
 
     def _jobs_log(self) -> int:
         """The descriptor of this system's shared log of job scripts' own messages."""
@@ -297,34 +618,264 @@ class LocalSystem(ExecutionSystem):
 
     # ------------------------------------------------------------------ status
     def get_statuses(self, jobs: Iterable[JobSpec]) -> dict[str, StatusReport]:
-        if self._watched is None:
-            self._watched = PidWatcher(reap=False)
-        self._watched.drain()
+        """From each job's exit-code file and process (one ``/proc`` read per running job);
+        an ended job is reported once its usage is there (:meth:`_awaiting_usage`). Running
+        jobs are watched through pidfds (their end wakes the Status actor), and stopped when
+        over their walltime."""
+        watcher = self._watcher()
+        watcher.drain()
+        self._receive_usages()
+        jobs = list(jobs)
         reports = {}
         alive_pids = set()
+        awaiting: list[JobSpec] = []
         for job in jobs:
             if job.native_id is None:
                 continue
-            pid, start = parse_native_id(job.native_id)
-            if read_exit_code(job) is not None:
-                reports[job.job_id] = ended_report(job)
-            elif is_running(pid, start):
+            try:
+                pid, start = parse_native_id(job.native_id)
+            except ValueError:
+                continue  # not an id of ours: unknown
+            running = read_exit_code(job) is None and is_running(pid, start)
+            if running:
                 alive_pids.add(pid)
-                if self._watched.watch(pid) and not is_running(pid, start):
-                    reports[job.job_id] = ended_report(job)  # exited while we watched it
-                else:
-                    reports[job.job_id] = StatusReport(JobState.RUNNING)
+                # It may have exited while we started watching it.
+                running = watcher.watch(pid) and is_running(pid, start)
+            if running:
+                reports[job.job_id] = StatusReport(JobState.RUNNING)
+                self._enforce_walltime(job, start)
+            elif self._awaiting_usage(job):
+                awaiting.append(job)
             else:
                 # The exit code may have been written just after the first read.
-                reports[job.job_id] = ended_report(job, "(process gone)")
-        for pid in self._watched.watched() - alive_pids:
-            self._watched.forget(pid)
+                reports[job.job_id] = self._ended_report(job)
+        for pid in watcher.watched() - alive_pids:
+            watcher.forget(pid)
+        still = self._wait_for_usage(awaiting)
+        for job in awaiting:
+            reports[job.job_id] = (StatusReport(JobState.RUNNING) if job in still
+                                   else self._ended_report(job))
+        self._listen(bool(still))
+        self._prune({job.job_id for job in jobs}, {job.native_id for job in jobs})
+        self._sweep_now_and_then(jobs)
         return reports
 
-    def wake_fileno(self) -> int | None:
+    def _wait_for_usage(self, jobs: list[JobSpec]) -> list[JobSpec]:
+        """Those of the ended ``jobs`` whose usage is still awaited after waiting up to
+        :data:`USAGE_WAIT` seconds for their reapers' lines. A job's exit wakes this actor and
+        its reaper at once, and the reaper may need a moment (its process is busy starting
+        jobs): a short wait here saves a whole status cycle."""
+        deadline = time.monotonic() + USAGE_WAIT
+        while jobs and self._fifo is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._fifo], [], [], left)[0]:
+                break
+            self._receive_usages()
+            jobs = [job for job in jobs if self._awaiting_usage(job)]
+        return jobs
+
+    def _listen(self, awaiting: bool) -> None:
+        """Be woken by the usage FIFO while a job that has ended waits for its usage (its
+        reaper had not sent it yet when its exit woke us): the line's arrival is then the
+        wake-up. Not otherwise: the lines of jobs not followed yet (their end can come before
+        their start is recorded) would only wake the actor for nothing."""
+        if awaiting == self._listening:
+            return
+        if self._fifo is not None:
+            self._watcher().listen(self._fifo if awaiting else None)
+        self._listening = awaiting
+
+    def _receive_usages(self) -> None:
+        """Read the usage lines reapers sent since the last call (the FIFO is opened at the
+        first call: from then on reapers send rather than write files)."""
+        if self._fifo is None:
+            if self._fifo_tried:
+                return
+            self._fifo_tried = True
+            self._fifo = self._channel.open_reader()
+            if self._fifo is None:
+                return
+        chunks = [self._partial]
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while chunk := os.read(self._fifo, 65536):
+                chunks.append(chunk)
+        *lines, self._partial = b"".join(chunks).split(b"\n")
+        now = time.monotonic()
+        for line in lines:
+            parsed = parse_usage_line(line.decode(errors="replace")) if line.strip() else None
+            if parsed is not None:
+                self._usages[parsed[0]] = (parsed[1], now)
+
+    def _watcher(self) -> PidWatcher:
         if self._watched is None:
             self._watched = PidWatcher(reap=False)
-        return self._watched.fileno()
+        return self._watched
+
+    def _awaiting_usage(self, job: JobSpec) -> bool:
+        """Whether the report of an ended job waits for its usage record: not yet recorded,
+        and ended less than :data:`USAGE_PATIENCE` seconds ago (as first seen here)."""
+        if job.native_id in self._usages or (job.job_dir / USAGE_NAME).exists():
+            self._ending.pop(job.job_id, None)
+            return False
+        first = self._ending.setdefault(job.job_id, time.monotonic())
+        return time.monotonic() - first < USAGE_PATIENCE
+
+    def _ended_report(self, job: JobSpec) -> StatusReport:
+        """The final report of an ended job: its exit code, why it ended when a limit is the
+        cause (its cgroup removed meanwhile), what it used."""
+        code = read_exit_code(job)
+        limit = self._limit_reason(job, code)
+        received = self._usages.get(job.native_id or "")
+        sent = None
+        if received is not None:
+            sent = received[0]
+            self._reported.add(job.native_id or "")
+        usage = Usage(node=self._host, signal=self._end_signal(job, code, sent)).or_else(sent)
+        report = ended_report(job, "(process gone)", reason=limit and limit[0], usage=usage)
+        if limit is not None and report.state is not JobState.FINISHED:
+            report = dataclasses.replace(report, message=f"{limit[1]}: {report.message}")
+        return report  # what is kept of the job is forgotten once it is no longer asked about
+
+    def _limit_reason(self, job: JobSpec, code: int | None) -> tuple[str, str] | None:
+        """Why the ended ``job`` ended when one of its limits is the cause, in a reason and in
+        words: its memory limit could not be set, the walltime the engine ended it for, an
+        out-of-memory kill in its cgroup. Its cgroup is removed on the way."""
+        if code == NO_LIMIT_EXIT:
+            said = records.read_record(job.job_dir, records.NO_LIMIT_NAME)
+            if said is not None:
+                return (Reason.INTERNAL_ERROR.value, f"the job script {said[:200]}, and the "
+                        "command did not run without its memory limit")
+        native_id = job.native_id or ""
+        limit = self._limit_sent.get(native_id)
+        limited = (_positive(job.resources.walltime_s) or _positive(job.resources.memory_mb))
+        if limit is None and limited:  # only such jobs have a record: no read for the others
+            limit = records.recorded_limit(job.job_dir, native_id)
+        memory = self._memory_evidence(job, code, recorded=limit is not None)
+        reason = limit[0] if limit is not None else memory
+        if reason == Reason.WALLTIME_EXCEEDED.value:
+            walltime = _positive(job.resources.walltime_s)
+            return reason, f"walltime of {walltime} s exceeded" if walltime else "walltime exceeded"
+        if reason == Reason.MEMORY_EXCEEDED.value:
+            memory_mb = _positive(job.resources.memory_mb)
+            limit_words = f"memory limit of {memory_mb} MB" if memory_mb else "memory limit"
+            return reason, f"{limit_words} exceeded (killed by the kernel, out of memory)"
+        return None
+
+    def _memory_evidence(self, job: JobSpec, code: int | None, *, recorded: bool
+                         ) -> str | None:
+        """``memory_exceeded`` when the job's cgroup counted an out-of-memory kill (recorded in
+        ``.execd/limit``, so that it outlives the cgroup), else None. Removes the cgroup."""
+        if _positive(job.resources.memory_mb) is None:
+            return None
+        method = self._known_method()
+        path = local_limits.job_cgroup(method, job.tag)
+        if path is None or not path.is_dir():
+            return None
+        found = None
+        if not recorded and local_limits.oom_killed(
+                method, path, killed_by_sigkill=code in (None, 128 + signal.SIGKILL)):
+            found = Reason.MEMORY_EXCEEDED.value
+            records.record_limit(job.job_dir, job.native_id or "", found, 0.0)
+        local_limits.remove_cgroup(path)  # a process left behind keeps it: swept later
+        return found
+
+    @staticmethod
+    def _end_signal(job: JobSpec, code: int | None, received: Usage | None) -> str | None:
+        """The signal that ended the job: from its exit code (the command's, above 128), else
+        the one that killed the script itself, as its reaper said."""
+        if code is not None:
+            return _signal_name(code - 128) if code > 128 else None
+        if received is not None:
+            return received.signal
+        text = records.read_record(job.job_dir, USAGE_NAME) or ""
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key == "signal" and value.startswith("SIG") and value[3:].isalnum():
+                return value
+        return None
+
+    def _prune(self, job_ids: set[str], native_ids: set[str | None]) -> None:
+        """Forget what was kept of jobs no longer followed (ended, or taken by another actor)."""
+        for job_id in [j for j in self._ending if j not in job_ids]:
+            del self._ending[job_id]
+        for native_id in [n for n in self._limit_sent if n not in native_ids]:
+            del self._limit_sent[native_id]
+        # Usage of jobs not followed (yet: a job's end may be sent before its start is
+        # recorded), kept a while; then they belong to nobody this actor follows.
+        too_old = time.monotonic() - USAGE_KEPT
+        for native_id in [n for n, (_, at) in self._usages.items()
+                          if n not in native_ids and (n in self._reported or at < too_old)]:
+            del self._usages[native_id]
+        self._reported &= self._usages.keys()
+        self._refused &= {n for n in native_ids if n is not None}
+
+    def _sweep_now_and_then(self, jobs: list[JobSpec]) -> None:
+        """Every :data:`SWEEP_INTERVAL`, remove the empty job cgroups of jobs no longer
+        followed (leftovers of an actor that died between a job's end and its cleanup)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL
+        keep = {local_limits.cgroup_name(job.tag) for job in jobs}
+        removed = local_limits.sweep(self._known_method(), keep, SWEEP_MIN_AGE)
+        if removed:
+            log.info("%s: removed %d job cgroups left behind", self.name, removed)
+
+    # ------------------------------------------------------------------ walltime
+    def _enforce_walltime(self, job: JobSpec, start: int) -> None:
+        """TERM the running ``job`` once it has run longer than its ``walltime_s``, KILL it
+        ``kill_grace`` seconds after that TERM (as recorded here, or in ``.execd/limit`` by an
+        earlier actor). Only the job's own process group is signalled (:func:`job_process`)."""
+        walltime = _positive(job.resources.walltime_s)
+        native_id = job.native_id
+        if walltime is None or native_id is None:
+            return
+        if local_limits.seconds_since_start(start) < walltime:
+            return
+        now = time.time()
+        sent = self._limit_sent.get(native_id)
+        if sent is None:
+            recorded = records.recorded_limit(job.job_dir, native_id)
+            if recorded is not None and recorded[0] == Reason.WALLTIME_EXCEEDED.value:
+                # A restarted actor carries on; a time from the future is the job's own doing.
+                sent = self._limit_sent[native_id] = (recorded[0], min(recorded[1], now))
+        if sent is None:
+            if self._signal_job(job, signal.SIGTERM, record=now):
+                self._limit_sent[native_id] = (Reason.WALLTIME_EXCEEDED.value, now)
+                log.info("%s: job %s exceeded its walltime of %d s: TERM", self.name,
+                         job.job_id, walltime)
+        elif now - sent[1] >= self.kill_grace and self._signal_job(job, signal.SIGKILL):
+            log.info("%s: job %s still there %.0f s after TERM: KILL", self.name, job.job_id,
+                     now - sent[1])
+
+    def _signal_job(self, job: JobSpec, signum: signal.Signals, *,
+                    record: float | None = None) -> bool:
+        """Send ``signum`` to the job's process group, when the native id names the job's own
+        script (:func:`job_process`), or the script the job's directory records (as
+        :meth:`kill` does); else a warning, once, and nothing is sent. ``record``: first record
+        the walltime limit, TERM sent at that time."""
+        pid = job_process(job)
+        recorded = self.find(job) if pid is None else None
+        if recorded is not None and recorded != job.native_id:
+            pid = job_process(dataclasses.replace(job, native_id=recorded))
+        if pid is None:
+            if job.native_id not in self._refused:
+                self._refused.add(job.native_id or "")
+                log.warning("%s: not enforcing the walltime of job %s: %s is not a process the "
+                            "engine started for it", self.name, job.job_id, job.native_id)
+            return False
+        if record is not None:
+            records.record_limit(job.job_dir, job.native_id or "",
+                                 Reason.WALLTIME_EXCEEDED.value, record)
+        try:
+            os.killpg(pid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:  # already gone: it ends anyway
+                raise
+        return True
+
+    def wake_fileno(self) -> int | None:
+        return self._watcher().fileno()
 
     # ------------------------------------------------------------------ kill
     def kill(self, job: JobSpec, force: bool = False) -> None:
@@ -372,9 +923,42 @@ class LocalSystem(ExecutionSystem):
         for watcher in (self._children, self._watched):
             if watcher is not None:
                 watcher.close()
+        self._channel.close()
+        if self._fifo is not None:
+            os.close(self._fifo)
+            self._fifo = None
+        if self._memory_method is not None:  # the folders this process made, once empty
+            local_limits.remove_root(self._memory_method)
         if self._jobs_log_fd is not None:
             os.close(self._jobs_log_fd)
             self._jobs_log_fd = None
+
+
+def _write_new_record(job_dir: Path, name: str, text: str) -> None:
+    """Write the record ``name`` (``.execd/<file>``) as a new file: the job directory is the
+    engine's, ``.execd`` is opened without following a link and the file is created, never
+    opened, so nothing a job planted is written through. Four system calls, where
+    :func:`records.write_record` (used when the file is already there) walks every folder: this
+    runs once per job. A failure is a warning; the job's usage is then unknown."""
+    folder, _, file_name = name.rpartition("/")
+    try:
+        dir_fd = os.open(job_dir / folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC)
+        try:
+            fd = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except FileExistsError:
+        records.write_record(job_dir, name, text.rstrip("\n"))
+        return
+    except OSError as exc:
+        log.warning("cannot record %s in %s: %s", name, job_dir, exc)
+        return
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _command_line(pid: int) -> list[bytes] | None:
@@ -409,3 +993,50 @@ def _base_environment() -> dict[str, str]:
         if key in os.environ:
             env[key] = os.environ[key]
     return env
+
+
+def _positive(value: object) -> int | None:
+    """A requirement the engine acts on: a positive integer (anything else, from a document
+    rewritten after it was checked, is not acted on)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _cgroup_folder_name(system: str) -> str:
+    """The folder of a system's job cgroups: its name, when that is a plain file name."""
+    return local_limits.cgroup_name(system)
+
+
+METHOD_RECORD = "memory_method"
+"""The file in a system's state directory saying how its jobs' memory is limited."""
+
+
+def _remember_method(state_dir: Path, method: MemoryMethod) -> None:
+    """Write the memory method into the state directory (when it changed), for ``execd
+    systems``; a failure only leaves that command guessing."""
+    path = state_dir / METHOD_RECORD
+    text = method.describe() + "\n"
+    try:
+        if path.exists() and path.read_text() == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{METHOD_RECORD}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("cannot record the memory method in %s: %s", path, exc)
+
+
+def _recorded_method(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / METHOD_RECORD).read_text().strip() or None
+    except OSError:
+        return None

@@ -12,7 +12,12 @@ submitted the job, in the job directory the engine computed (``JobSpec.job_dir``
 * ``.execd/kill``: the signal the engine sent (or the cancellation it asked for), written just
   before it does. A job that then ends without success is reported ``killed``
   (:func:`execution_engine.systems.base.ended_report`), whatever its scheduler says after the
-  fact (Torque shows every end as ``C``, DRMAA forgets jobs of other sessions).
+  fact (Torque shows every end as ``C``, DRMAA forgets jobs of other sessions);
+* ``.execd/limit``: a limit of the job's the system enforced (Local: the walltime it ended the
+  job for, the memory limit the kernel killed it at), with when the job was first signalled
+  for it, written before the signal: why the job ended survives a restart of the actor;
+* ``.execd/no_limit``: written by the job script when it could not apply the memory limit it
+  was given (the command did not run).
 
 Records are read and written without following symbolic links below the job directory
 (:mod:`execution_engine.safefs`): a job may put anything into its directory.
@@ -21,6 +26,7 @@ Records are read and written without following symbolic links below the job dire
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 ENGINE_DIR = ".execd"
 NATIVE_ID_NAME = f"{ENGINE_DIR}/native_id"
 KILL_NAME = f"{ENGINE_DIR}/kill"
+LIMIT_NAME = f"{ENGINE_DIR}/limit"
+NO_LIMIT_NAME = f"{ENGINE_DIR}/no_limit"
 #: Records are a line or two; anything longer is not one of ours.
 MAX_RECORD = 4096
 
@@ -94,5 +102,30 @@ def recorded_kill(job_dir: Path, native_id: str | None) -> str | None:
     return what.strip() or "kill" if killed == native_id else None
 
 
-__all__ = ["KILL_NAME", "NATIVE_ID_NAME", "read_record", "record_kill", "record_native_id",
-           "recorded_kill", "recorded_native_id", "write_record"]
+def record_limit(job_dir: Path, native_id: str, reason: str, since: float) -> bool:
+    """Record that the job submitted as ``native_id`` exceeded a limit (``reason``: a
+    :class:`~execution_engine.reasons.Reason` value), ``since`` (Unix time) being when the
+    engine first signalled it for that (0 when it did not: the kernel did)."""
+    return write_record(job_dir, LIMIT_NAME, f"{native_id}\n{reason}\n{since:.3f}")
+
+
+def recorded_limit(job_dir: Path, native_id: str | None) -> tuple[str, float] | None:
+    """The reason and time :func:`record_limit` recorded for the job submitted as
+    ``native_id``, or None (none recorded, one of an earlier run, or unreadable). The job can
+    write this file too: callers trust it only as far as it can harm the job itself."""
+    text = read_record(job_dir, LIMIT_NAME)
+    if text is None or native_id is None:
+        return None
+    lines = text.split("\n")
+    if len(lines) != 3 or lines[0] != native_id or not lines[1]:
+        return None
+    try:
+        since = float(lines[2])
+    except ValueError:
+        return None
+    return (lines[1], since) if math.isfinite(since) else None
+
+
+__all__ = ["KILL_NAME", "LIMIT_NAME", "NATIVE_ID_NAME", "NO_LIMIT_NAME", "read_record",
+           "record_kill", "record_limit", "record_native_id", "recorded_kill", "recorded_limit",
+           "recorded_native_id", "write_record"]
