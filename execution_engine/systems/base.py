@@ -168,9 +168,8 @@ def read_usage(job: JobSpec) -> Usage | None:
     """What the job script recorded of the command's usage in ``.execd/usage`` (None when it
     recorded nothing): ``key=value`` lines, ``wall`` (seconds), ``user`` and ``sys`` (CPU
     seconds, summed) and ``maxrss_kb``; unknown keys and unreadable values are ignored."""
-    try:
-        text = (job.job_dir / USAGE_NAME).read_text(errors="replace")
-    except OSError:
+    text = records.read_record(job.job_dir, USAGE_NAME)  # never through a link
+    if text is None:
         return None
     figures: dict[str, float] = {}
     for line in text.splitlines():
