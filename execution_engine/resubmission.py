@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from execution_engine.job import Job
 from execution_engine.reasons import Reason, is_reason
 
 ANY = "any"
@@ -130,8 +131,7 @@ def next_attempt(doc: Mapping[str, Any], policy: Policy, ended: Mapping[str, Any
     record = dict(ended)
     if policy.route:
         record["next_route"] = policy.route
-    earlier = doc.get("attempts")
-    attempts = [*(earlier if isinstance(earlier, list) else []), record][-MAX_ATTEMPTS:]
+    attempts = [*Job(doc).attempts, record][-MAX_ATTEMPTS:]
     requirements = policy.next_requirements(doc.get("requirements"))
     fields = {"attempt": attempt + 1, "attempts": attempts, "requirements": requirements,
               "next_attempt_at": now + policy.delay(attempt)}
@@ -152,8 +152,7 @@ def requested_attempt(doc: Mapping[str, Any], request: Any, *, now: datetime
                       ) -> tuple[dict[str, Any], str]:
     """The fields and message of the new attempt a client asked for (``request``, the checked
     value of ``resubmit_requested``) on the ended job ``doc``."""
-    value = doc.get("attempt")
-    attempt = value if isinstance(value, int) and not isinstance(value, bool) else 1
+    attempt = Job(doc).attempt
     ended = attempt_record(
         doc, attempt=attempt, state=str(doc.get("engine_state")),
         reason=str(doc.get("reason") or Reason.UNKNOWN.value),
