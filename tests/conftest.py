@@ -359,6 +359,16 @@ def write_config(path: Path, state_dir: Path, mongo_uri: str, database: str, ext
 
 
 @pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process the engine never started, in a process group of its own: kills must never
+    reach it."""
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
 def engine_factory(tmp_path: Path, mongo_uri: str, database: str
                    ) -> Iterator[Callable[..., Engine]]:
     """Make (not start) engines: ``engine_factory(extra_config_text)``."""

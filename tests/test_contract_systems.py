@@ -426,15 +426,6 @@ def test_ended_report_says_killed_after_the_engines_own_kill_of_that_run(tmp_pat
 
 
 # ---------------------------------------------------------------------- kill safety
-@pytest.fixture
-def bystander() -> Iterator[subprocess.Popen[bytes]]:
-    """A process the engine never started, in a process group of its own."""
-    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    yield process
-    process.kill()
-    process.wait()
-
-
 def test_local_kill_never_signals_a_process_it_did_not_start(
         tmp_path: Path, bystander: subprocess.Popen[bytes]) -> None:
     system = LocalSystem("local-test", {"state_dir": str(tmp_path / "state"), "slots": 4,

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -135,15 +135,6 @@ def test_a_restarted_system_kills_what_an_earlier_one_terminated(tmp_path: Path)
         pgid = int((job.native_id or "0:").split(":")[0])
         if pgid > 1 and group_exists(pgid):
             os.killpg(pgid, signal.SIGKILL)
-
-
-@pytest.fixture
-def bystander() -> Iterator[subprocess.Popen[bytes]]:
-    """A process the engine never started, in a process group of its own."""
-    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    yield process
-    process.kill()
-    process.wait()
 
 
 def test_the_walltime_never_signals_a_process_the_engine_did_not_start(
