@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from execution_engine.jobscript import forge_script, job_environment, make_job_dir, write_script
+from execution_engine.jobscript import (
+    USAGE_ENV,
+    forge_script,
+    job_environment,
+    make_job_dir,
+    write_script,
+)
 from execution_engine.systems.base import SCRIPT_NAME
 
 SHELL = "/bin/sh"
@@ -54,7 +60,8 @@ class PoolRun:
 def run_pool(scripts: Sequence[Path], concurrency: int) -> PoolRun:
     """Run every script, ``concurrency`` at a time. Raises RuntimeError when a script fails
     (the comparison would be meaningless)."""
-    env = {"PATH": JOB_PATH, "LANG": "C.UTF-8"}
+    # The scripts run as Local runs them: without GNU time (Local records usage itself).
+    env = {"PATH": JOB_PATH, "LANG": "C.UTF-8", USAGE_ENV: "local"}
     pending = list(reversed(scripts))
     running: dict[int, Path] = {}
     failures = []
