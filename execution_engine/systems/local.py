@@ -121,7 +121,7 @@ def job_process(job: JobSpec) -> int | None:
     time match a live process; that process leads its own session and process group (the
     system starts every job script with ``setsid``); its command line is exactly the job's
     script as the system started it; and the pid the script recorded under ``.execd/``, once
-    there, is the same. Any mismatch (a forged or stale id, a recycled pid) gives None.
+    written, is the same. Any mismatch (a forged or stale id, a recycled pid) gives None.
     """
     try:
         pid, start = parse_native_id(job.native_id or "")
@@ -134,7 +134,8 @@ def job_process(job: JobSpec) -> int | None:
         leads = os.getpgid(pid) == pid and os.getsid(pid) == pid
     except OSError:
         leads = False
-    ours = (leads and recorded in (None, str(pid))
+    # An empty record is one the script is writing at this moment (its shell truncates first).
+    ours = (leads and recorded in (None, "", str(pid))
             and _command_line(pid) == [SHELL.encode(), str(job.script).encode()])
     # Checked again last: the same process all along, not one that took a freed pid meanwhile.
     return pid if ours and is_running(pid, start) else None
@@ -636,7 +637,8 @@ class LocalSystem(ExecutionSystem):
                 pid, start = parse_native_id(job.native_id)
             except ValueError:
                 continue  # not an id of ours: unknown
-            running = read_exit_code(job) is None and is_running(pid, start)
+            code = read_exit_code(job)
+            running = code is None and is_running(pid, start)
             if running:
                 alive_pids.add(pid)
                 # It may have exited while we started watching it.
@@ -647,14 +649,13 @@ class LocalSystem(ExecutionSystem):
             elif self._awaiting_usage(job):
                 awaiting.append(job)
             else:
-                # The exit code may have been written just after the first read.
-                reports[job.job_id] = self._ended_report(job)
+                reports[job.job_id] = self._ended_report(job, code)
         for pid in watcher.watched() - alive_pids:
             watcher.forget(pid)
         still = self._wait_for_usage(awaiting)
         for job in awaiting:
             reports[job.job_id] = (StatusReport(JobState.RUNNING) if job in still
-                                   else self._ended_report(job))
+                                   else self._ended_report(job, None))
         self._listen(bool(still))
         self._prune({job.job_id for job in jobs}, {job.native_id for job in jobs})
         self._sweep_now_and_then(jobs)
@@ -720,17 +721,20 @@ class LocalSystem(ExecutionSystem):
         first = self._ending.setdefault(job.job_id, time.monotonic())
         return time.monotonic() - first < USAGE_PATIENCE
 
-    def _ended_report(self, job: JobSpec) -> StatusReport:
-        """The final report of an ended job: its exit code, why it ended when a limit is the
-        cause (its cgroup removed meanwhile), what it used."""
-        code = read_exit_code(job)
+    def _ended_report(self, job: JobSpec, code: int | None) -> StatusReport:
+        """The final report of an ended job (``code``: its exit code as read, None to read it
+        again): its exit code, why it ended when a limit is the cause (its cgroup removed
+        meanwhile), what it used."""
+        if code is None:  # it may have been written just after the first read
+            code = read_exit_code(job)
         limit = self._limit_reason(job, code)
         received = self._usages.get(job.native_id or "")
-        sent = None
-        if received is not None:
-            sent = received[0]
+        signal_name = self._end_signal(job, code, received and received[0])
+        if received is None:
+            usage = Usage(node=self._host, signal=signal_name)
+        else:
+            usage = dataclasses.replace(received[0], node=self._host, signal=signal_name)
             self._reported.add(job.native_id or "")
-        usage = Usage(node=self._host, signal=self._end_signal(job, code, sent)).or_else(sent)
         report = ended_report(job, "(process gone)", reason=limit and limit[0], usage=usage)
         if limit is not None and report.state is not JobState.FINISHED:
             report = dataclasses.replace(report, message=f"{limit[1]}: {report.message}")
