@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from execution_engine.jobdoc import job_id_text, job_name, job_project
+from execution_engine.jobdoc import job_id_text, job_name, job_project, request_problems
 from execution_engine.states import JobState, parse_state
 from execution_engine.systems.base import JobSpec, Resources
 
@@ -146,8 +146,10 @@ class Job:
 
     @property
     def resubmit_policy(self) -> Mapping[str, Any] | None:
-        """The job's own ``resubmit`` overrides of its route's policy."""
-        return _mapping(self.doc.get("resubmit"))
+        """The job's own ``resubmit`` overrides of its route's policy; None when it breaks the
+        job contract (a client may rewrite it after the job was checked at its build)."""
+        value = _mapping(self.doc.get("resubmit"))
+        return value if value is not None and not request_problems("resubmit", value) else None
 
     # ------------------------------------------------------------------ client requests
     @property

@@ -16,6 +16,7 @@ from execution_engine import Client
 from execution_engine.client import JobNotEnded
 from execution_engine.config import load_config
 from execution_engine.errors import ConfigError
+from execution_engine.job import Job
 from execution_engine.resubmission import MAX_ATTEMPTS, Policy
 from tests.conftest import Engine
 
@@ -66,6 +67,12 @@ def test_any_reason_but_never_a_completion_or_a_cancellation() -> None:
     assert not policy.resubmits("killed_by_system", 1)  # an operator's kill: only when named
     assert Policy(on=frozenset({"killed_by_system"}), attempts=2).resubmits("killed_by_system", 1)
     assert not Policy(on=frozenset({"any"}), attempts=100).resubmits("unknown", MAX_ATTEMPTS)
+
+
+def test_a_jobs_own_policy_rewritten_against_the_contract_is_not_taken() -> None:
+    assert Job({"_id": 1, "resubmit": {"attempts": 3}}).resubmit_policy == {"attempts": 3}
+    assert Job({"_id": 1, "resubmit": {"attempts": "many"}}).resubmit_policy is None
+    assert Job({"_id": 1, "resubmit": {"route": {"$gt": ""}}}).resubmit_policy is None
 
 
 def test_a_jobs_own_policy_overrides_its_routes_key_by_key() -> None:
