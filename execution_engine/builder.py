@@ -11,6 +11,7 @@ written back to the document, so that a query on them finds every job.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from execution_engine import safefs
 from execution_engine.config import EngineConfig
 from execution_engine.errors import BuildError, InvalidJob
+from execution_engine.identity import Account
 from execution_engine.job import Job
 from execution_engine.jobdoc import check_job
 from execution_engine.jobscript import forge_script, job_environment, make_job_dir
@@ -42,18 +44,24 @@ class Built:
 class JobBuilder:
     """Builds jobs for one Building actor (not shared across processes)."""
 
-    def __init__(self, config: EngineConfig, store: JobStore,
-                 router: Callable[[], Router]) -> None:
+    def __init__(self, config: EngineConfig, store: JobStore, router: Callable[[], Router],
+                 account_of: Callable[[Job], Account | None] = lambda job: None) -> None:
         self.config = config
         self.store = store
         self._router = router
+        self.account_of = account_of
+        """The local account a job runs as (None: the daemon's own); raises NoAccount."""
         self._apps: Any = None
+        self._account: Account | None = None
+        """The account of the job being built (None: the daemon's): :meth:`write` gives it
+        the job directory."""
 
     def build(self, doc: Mapping[str, Any]) -> Built:
         """Build ``doc``; raises InvalidJob, BuildError or RoutingError (the job then ends in
         ``error`` with the message)."""
         self.check(doc)
         job = Job(doc)
+        self._account = account = self.account_of(job)
         if job.is_app:
             from execution_engine.apps.builder import AppBuilder
 
@@ -67,8 +75,10 @@ class JobBuilder:
             # changes nothing that runs, and ``execd show`` tells the two apart.
             built = Built(job_dir, JobState.TO_BE_SUBMITTED,
                           {"built_command": list(doc["command"])})
-        return Built(built.job_dir, built.state,
-                     {"name": job.name, "project": job.project, **built.fields}, built.message)
+        fields = {"name": job.name, "project": job.project, **built.fields}
+        if account is not None:
+            fields["account"] = {"name": account.name, "uid": account.uid}
+        return Built(built.job_dir, built.state, fields, built.message)
 
     @property
     def router(self) -> Router:
@@ -92,12 +102,24 @@ class JobBuilder:
         try:
             if job.attempt > 1:
                 set_aside(job_dir, jobs_dir, job.attempt - 1)
-            make_job_dir(job_dir, jobs_dir, script=script)
+            make_job_dir(job_dir, jobs_dir, script=script, **self._ownership())
             if stage is not None:
                 stage(job_dir)
         except OSError as exc:
             raise BuildError(job.id, f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc
+
+    def _ownership(self) -> dict[str, Any]:
+        """How the directory of the job being built is owned: by its account, private to it
+        (or readable by ``[identity] group_access``); the daemon's, as the umask makes it,
+        when the job runs as the daemon."""
+        account = self._account
+        if account is None:
+            return {}
+        access = self.config.identity.group_access
+        if access:
+            return {"owner": (account.uid, grp.getgrnam(access).gr_gid), "mode": 0o750}
+        return {"owner": (account.uid, account.gid), "mode": 0o700}
 
     def environment(self, job: Job, job_dir: Path) -> dict[str, str]:
         """The variables the job script sets for the job."""

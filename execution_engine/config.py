@@ -21,6 +21,7 @@ import validate
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 
 from execution_engine.errors import ConfigError
+from execution_engine.identity import IdentitySection, parse_identity_section
 from execution_engine.mongoaccess import read_credentials_file, redact_uri, with_credentials
 from execution_engine.resubmission import Policy
 
@@ -155,6 +156,11 @@ class RouteSection:
     """What happens to a job whose attempt on this route failed (docs/failures.md)."""
 
 
+def _identity_off() -> IdentitySection:
+    """``[identity]`` as the built-in defaults have it: owners not mapped."""
+    return parse_identity_section({}, Path("/"))
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     path: Path | None
@@ -166,6 +172,8 @@ class EngineConfig:
     plugins: PluginsSection
     systems: tuple[SystemSection, ...]
     routes: tuple[RouteSection, ...]
+    identity: IdentitySection = field(default_factory=_identity_off)
+    """How a job's owner becomes the local account it runs as."""
 
     def system(self, name: str) -> SystemSection:
         for section in self.systems:
@@ -377,4 +385,5 @@ def _build(raw: ConfigObj, path: Path | None, base: Path) -> EngineConfig:
         ),
         systems=systems,
         routes=routes,
+        identity=parse_identity_section(raw["identity"], base),
     )

@@ -48,6 +48,10 @@ class BuildError(JobError):
     """The job could not be built (job directory, inputs, script); permanent."""
 
 
+class NoAccount(JobError):
+    """The job's owner maps to no local account it may run as; permanent for this job."""
+
+
 class RoutingError(JobError):
     """No route accepts the job, or a rule failed; permanent for this job."""
 

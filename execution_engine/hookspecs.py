@@ -78,6 +78,20 @@ def execd_job_ended(job: Mapping[str, Any]) -> None:
     """
 
 
+# ---------------------------------------------------------------------- identity
+@hookspec(firstresult=True)
+def execd_map_owner(owner: str, job: Mapping[str, Any]) -> str | None:
+    """The local account the job of ``owner`` runs as, or None to leave the answer to other
+    plugins (used when ``[identity] mapping = hook``; the first answer that is not None wins).
+
+    ``owner`` is the job's owner (a non-empty string); ``job`` a read-only copy of the job
+    document (``project``, ``group``...). The account named is then vetted like that of any
+    other mapping (it exists, is not root, is at or above ``[identity] min_uid``, is in
+    ``[identity] groups``). No answer at all, or an exception, refuses the owner: the job ends
+    in ``error`` with a reason naming the owner and this hook.
+    """
+
+
 # ---------------------------------------------------------------------- decorators
 @overload
 def routing_rule(name: R) -> R: ...

@@ -8,12 +8,11 @@ the command; the script then still records the code (143).
 
 Limits and usage (see docs/systems.md, "Local"):
 
-* Before anything else the script applies the memory limit its execution system passes in its
-  environment: it joins the cgroup named by ``EXECD_CGROUP`` (writes its pid into
-  ``cgroup.procs``, so that the command and every descendant start inside it), or sets
-  ``ulimit -v`` to ``EXECD_ULIMIT_V`` (KiB). When that fails the command never runs: the script
-  says why on its stderr and in ``.execd/no_limit`` and exits :data:`NO_LIMIT_EXIT`. Neither
-  variable reaches the command.
+* The memory limit is set before the script starts, by the process that starts it (Local:
+  :mod:`execution_engine.systems.local_launch`), which then passes ``EXECD_NO_LIMIT`` when it
+  could not set it. The command then never runs: the script says why on its stderr and in
+  ``.execd/no_limit`` and exits :data:`NO_LIMIT_EXIT`. The variable does not reach the
+  command.
 * The command runs under GNU time (``/usr/bin/time``, when it is there at run time), which
   writes what it used into ``.execd/usage`` (``key=value`` lines: ``wall``, ``user``, ``sys``,
   ``maxrss_kb``); without it the command runs as is. A system that records usage itself (Local,
@@ -56,10 +55,9 @@ NO_LIMIT_EXIT = 98
 #: The descriptor a Local slot lock is passed on; the command runs without it.
 SLOT_FD = 9
 #: Variables an execution system may start the script with (none of them reaches the command):
-#: the cgroup to join before anything runs, an address-space limit in KiB, and "the system
-#: records the usage itself" (no GNU time).
-CGROUP_ENV = "EXECD_CGROUP"
-ULIMIT_ENV = "EXECD_ULIMIT_V"
+#: why the memory limit the job asks for could not be set (the command then never runs), and
+#: "the system records the usage itself" (no GNU time).
+NO_LIMIT_ENV = "EXECD_NO_LIMIT"
 USAGE_ENV = "EXECD_USAGE"
 #: GNU time, used when it is executable where the job runs.
 GNU_TIME = "/usr/bin/time"
@@ -107,7 +105,7 @@ def forge_script(
     """
     q = shlex.quote
     exports = "\n".join(f"export {key}={q(value)}" for key, value in environment.items())
-    run = f"{_TERM_CHECK}\n{body}" if body is not None else _run_command(command)
+    run = f"{_TERM_CHECK}\n{body}\nexecd_code=$?" if body is not None else _run_command(command)
     return f"""#!/bin/sh
 # Job script forged by execd for job {job_id}. It needs nothing but itself and its job
 # directory; it records the exit code in {EXIT_CODE_NAME}.
@@ -120,24 +118,18 @@ trap 'execd_term=1' TERM
 {exports}
 # A TERM that came before the command started (it reaches only what runs): nothing starts.
 {run}
-execd_code=$?
 echo "$execd_code" >{EXIT_CODE_NAME}
 exit "$execd_code"
 """
 
 
-# The memory limit comes first: the command, and everything the script starts, begins inside
-# it. A failure is only noted here (the job directory is not entered yet) and acted on below.
+# What the process that started the script says: the memory limit it could not set (the
+# Local launcher, :mod:`execution_engine.systems.local_launch`), and that it records usage
+# itself. Neither variable reaches the command.
 _LIMITS = f"""\
-if [ -n "${{{CGROUP_ENV}-}}" ]; then
-  echo $$ >"${CGROUP_ENV}/cgroup.procs" ||
-    execd_no_limit="cannot join the memory cgroup ${CGROUP_ENV}"
-fi
-if [ -n "${{{ULIMIT_ENV}-}}" ]; then
-  ulimit -v "${ULIMIT_ENV}" || execd_no_limit="cannot set ulimit -v ${ULIMIT_ENV}"
-fi
+execd_no_limit=${{{NO_LIMIT_ENV}-}}
 execd_usage=${{{USAGE_ENV}-}}
-unset {CGROUP_ENV} {ULIMIT_ENV} {USAGE_ENV}"""
+unset {NO_LIMIT_ENV} {USAGE_ENV}"""
 
 # Never run unlimited: a limit that could not be set ends the job before its command starts.
 _NO_LIMIT = f"""\
@@ -152,24 +144,40 @@ fi"""
 # Right before the command: a TERM after this check reaches the command itself.
 _TERM_CHECK = f'[ -z "${{execd_term-}}" ] || {{ echo 143 >{EXIT_CODE_NAME}; exit 143; }}'
 
+# The command runs in the background so that the script checks for a TERM *after* the command
+# exists: a TERM that came before is passed on to it, one that comes after reaches it with the
+# process group. ``wait`` returns early (143) when the trapped TERM arrives while the command
+# still runs, so it is asked again as long as the command's process is there (running, or a
+# zombie not reaped yet); once reaped, the last code ``wait`` gave is the command's own.
+_WAIT_COMMAND = """\
+execd_child=$!
+[ -z "${execd_term-}" ] || kill -TERM "$execd_child" 2>/dev/null
+wait "$execd_child"
+execd_code=$?
+while kill -0 "$execd_child" 2>/dev/null; do
+  wait "$execd_child"
+  execd_code=$?
+done"""
+
 
 def _run_command(command: Sequence[str]) -> str:
-    """The lines running ``command``: under GNU time when it is there at run time and the
-    system does not record usage itself, else as is; the same exit code (GNU time exits with
-    the command's status, 128 + N for signal N, 126/127 when it cannot run it), redirections
-    and closing of the slot descriptor either way. Which way is decided before the check for an
-    early TERM, so that nothing runs between that check and the command."""
+    """The lines running ``command`` and setting ``execd_code`` to its exit code: under GNU
+    time when it is there at run time and the system does not record usage itself, else as is;
+    the same exit code (GNU time exits with the command's status, 128 + N for signal N, 126/127
+    when it cannot run it), redirections and closing of the slot descriptor either way. A TERM
+    that came before the command started ends the job with 143 and nothing runs; one that comes
+    while it starts is passed on to it (:data:`_WAIT_COMMAND`)."""
     q = shlex.quote
     argv = " ".join(q(a) for a in command)
     redirections = f"</dev/null >{STDOUT_NAME} 2>{STDERR_NAME} {SLOT_FD}>&-"
     timed = f"{GNU_TIME} -q -o {USAGE_NAME} -f {q(USAGE_FORMAT)} -- {argv}"
-    return (f'if [ -z "$execd_usage" ] && [ -x {GNU_TIME} ]; then\n'
-            f"  {_TERM_CHECK}\n"
-            f"  {timed} {redirections}\n"
+    return (f"{_TERM_CHECK}\n"
+            f'if [ -z "$execd_usage" ] && [ -x {GNU_TIME} ]; then\n'
+            f"  {timed} {redirections} &\n"
             f"else\n"
-            f"  {_TERM_CHECK}\n"
-            f"  {argv} {redirections}\n"
-            f"fi")
+            f"  {argv} {redirections} &\n"
+            f"fi\n"
+            f"{_WAIT_COMMAND}")
 
 
 def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | None = None,
@@ -196,14 +204,18 @@ def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | Non
     with safefs.opened_dirs(root, relative.as_posix(), create=True) as fd:
         engine_fd = safefs.open_dir_at(fd, ENGINE_DIR, job_dir / ENGINE_DIR, create=True)
         try:
+            # The script first, then the folders change hands: the account never holds a
+            # folder the engine still writes into by name.
+            if script is not None:
+                safefs.write_file_at(engine_fd, SCRIPT_FILE, script.encode(),
+                                     job_dir / ENGINE_DIR / SCRIPT_FILE, mode=0o755)
+                if owner is not None:  # the account reads it (root never runs it: local_launch)
+                    os.chown(SCRIPT_FILE, *owner, dir_fd=engine_fd, follow_symlinks=False)
             for folder in (engine_fd, fd):
                 if mode is not None:
                     os.fchmod(folder, mode)
                 if owner is not None:
                     os.fchown(folder, *owner)
-            if script is not None:
-                safefs.write_file_at(engine_fd, SCRIPT_FILE, script.encode(),
-                                     job_dir / ENGINE_DIR / SCRIPT_FILE, mode=0o755)
         finally:
             os.close(engine_fd)
 
@@ -223,6 +235,17 @@ def write_script(path: Path, text: str, jobs_dir: Path | None = None) -> None:
                           mode=0o755)
 
 
-__all__ = ["CGROUP_ENV", "ENGINE_DIR", "GNU_TIME", "NO_JOB_DIR_EXIT", "NO_LIMIT_EXIT", "SLOT_FD",
-           "ULIMIT_ENV", "USAGE_ENV", "UnsafePathError", "forge_script", "job_environment",
-           "make_job_dir", "write_script"]
+__all__ = [
+    "ENGINE_DIR",
+    "GNU_TIME",
+    "NO_JOB_DIR_EXIT",
+    "NO_LIMIT_ENV",
+    "NO_LIMIT_EXIT",
+    "SLOT_FD",
+    "USAGE_ENV",
+    "UnsafePathError",
+    "forge_script",
+    "job_environment",
+    "make_job_dir",
+    "write_script",
+]

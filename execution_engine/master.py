@@ -36,6 +36,7 @@ from setproctitle import setproctitle
 
 from execution_engine.config import EngineConfig, load_config
 from execution_engine.errors import ExecdError
+from execution_engine.identity import check_privilege
 from execution_engine.logs import LogQueue, log_to_queue, receive_logs
 from execution_engine.mongoaccess import check_database_access, redact_uri
 from execution_engine.mongod import EmbeddedMongo
@@ -110,6 +111,7 @@ class Master:
         self._start_receiver()
         log_to_queue(self.log_queue, self.config.engine.log_level, "master")
         try:
+            check_privilege(self.config.identity)
             self._start_database()
             self._start_monitor(wait=True)
         except (ExecdError, OSError) as exc:
@@ -249,6 +251,7 @@ class Master:
         result: dict[str, Any] = {"at": time.time()}
         try:
             new = load_config(self.config.path)
+            check_privilege(new.identity)
             # Plugins and routes must load before anything changes.
             load_registry(new, LoaderRole.master(self.instance))
         except ExecdError as exc:

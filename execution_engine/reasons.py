@@ -45,6 +45,9 @@ class Reason(StrEnum):
     """No route accepted the job, or a routing rule failed."""
     INVALID_DOCUMENT = "invalid_document"
     """The job document breaks the job contract (the message names the field)."""
+    NO_ACCOUNT = "no_account"
+    """The owner maps to no local account the job may run as ([identity]; the message names
+    the owner and the mapping); nothing ran."""
     INTERNAL_ERROR = "internal_error"
     """The engine failed on this job (the message says how); other jobs go on."""
     UNKNOWN = "unknown"

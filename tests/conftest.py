@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -33,6 +35,7 @@ from execution_engine.mongod import REPLICA_SET, EmbeddedMongo, free_port
 from execution_engine.proc import is_running as _alive
 from execution_engine.proc import process_tree as all_processes
 from execution_engine.store import JobStore
+from tests.support.accounts import LocalAccounts, local_accounts_session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,6 +200,19 @@ def process_tree(pid: int) -> list[int]:
     return [p for p in all_processes(pid) if _alive(p)]
 
 
+def _titled_tree(pid: int, parent_title: str = "") -> Iterator[tuple[int, str]]:
+    """``pid`` and its live descendants, each with its parent's title."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return
+    title = process_title(pid)
+    if _alive(pid):
+        yield pid, parent_title
+    for child in children:
+        yield from _titled_tree(int(child), title)
+
+
 def process_title(pid: int) -> str:
     """The first word of ``pid``'s command line ("" once it is gone)."""
     try:
@@ -271,9 +287,11 @@ class Engine:
         """Live engine processes by title (``execd: submit-actor`` -> ``submit-actor``)."""
         assert self.process is not None
         found: dict[str, list[int]] = {}
-        for pid in process_tree(self.process.pid):
+        for pid, parent_title in _titled_tree(self.process.pid):
             title = process_title(pid)
-            if title.startswith("execd: "):
+            # A process titled as its parent is the parent's fork on its way to exec (a Local
+            # job being started), not an engine process of its own.
+            if title.startswith("execd: ") and title != parent_title:
                 name = title.removeprefix("execd: ").strip()
                 found.setdefault(name, []).append(pid)
         self.pids_seen.update(p for pids in found.values() for p in pids)
@@ -339,11 +357,12 @@ class Engine:
         self.store.close()
 
 
-def write_config(path: Path, state_dir: Path, mongo_uri: str, database: str, extra: str = ""
-                 ) -> None:
+def write_config(path: Path, state_dir: Path, mongo_uri: str, database: str, extra: str = "",
+                 *, jobs_dir: Path | None = None) -> None:
     path.write_text(textwrap.dedent(f"""\
         [engine]
         state_dir = {state_dir}
+        jobs_dir = {jobs_dir or ""}
         log_level = DEBUG
 
         [mongodb]
@@ -371,14 +390,15 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
 @pytest.fixture
 def engine_factory(tmp_path: Path, mongo_uri: str, database: str
                    ) -> Iterator[Callable[..., Engine]]:
-    """Make (not start) engines: ``engine_factory(extra_config_text)``."""
+    """Make (not start) engines: ``engine_factory(extra_config_text)``; ``jobs_dir`` (default:
+    ``jobs`` in the state directory) for jobs whose accounts must reach it."""
     made: list[Engine] = []
 
-    def make(extra: str = "", *, start: bool = True) -> Engine:
+    def make(extra: str = "", *, start: bool = True, jobs_dir: Path | None = None) -> Engine:
         state_dir = tmp_path / f"state{len(made)}"
         state_dir.mkdir()
         config = tmp_path / f"execd{len(made)}.ini"
-        write_config(config, state_dir, mongo_uri, database, extra)
+        write_config(config, state_dir, mongo_uri, database, extra, jobs_dir=jobs_dir)
         engine = Engine(config, state_dir, mongo_uri, database)
         made.append(engine)
         if start:
@@ -397,3 +417,21 @@ def engine_factory(tmp_path: Path, mongo_uri: str, database: str
 def engine(engine_factory: Callable[..., Engine]) -> Engine:
     """A running daemon with the default Local system (4 slots)."""
     return engine_factory("[systems]\n[[local]]\nclass = local\nslots = 4\nkill_grace = 2\n")
+
+
+# ---------------------------------------------------------------------- local accounts
+@pytest.fixture(scope="session")
+def local_accounts() -> Iterator[LocalAccounts]:
+    """Real local accounts and groups of this session (``useradd``; root only: skipped without
+    it, failed under ``CI=true``), removed at the end: see :mod:`tests.support.accounts`."""
+    yield from local_accounts_session()
+
+
+@pytest.fixture
+def open_jobs_dir() -> Iterator[Path]:
+    """A jobs directory below folders every account may traverse (pytest's own are root's
+    alone), for jobs that run as other accounts."""
+    path = Path(tempfile.mkdtemp(prefix="execd-identity-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path / "jobs"
+    shutil.rmtree(path, ignore_errors=True)

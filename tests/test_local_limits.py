@@ -21,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from execution_engine.jobscript import CGROUP_ENV, GNU_TIME, NO_LIMIT_EXIT, USAGE_ENV
+from execution_engine.jobscript import GNU_TIME, NO_LIMIT_EXIT, USAGE_ENV
 from execution_engine.proc import process_start_time
 from execution_engine.reasons import Reason
 from execution_engine.states import JobState
 from execution_engine.systems import local_limits, records
 from execution_engine.systems.base import USAGE_NAME, Resources, host_name, read_usage
 from execution_engine.systems.local import LocalSystem
+from execution_engine.systems.local_launch import Launch
 from tests.cluster_helpers import make_job, submit, wait_reports
 from tests.conftest import Engine
 
@@ -198,9 +199,9 @@ def test_memory_with_ulimit_is_enforced_and_its_reason_comes_from_the_exit_code(
 
 def test_a_memory_limit_the_script_cannot_apply_stops_the_job(tmp_path: Path) -> None:
     job = make_job(tmp_path, ["sh", "-c", "echo ran"], resources=Resources(memory_mb=100))
-    env = {"PATH": "/usr/bin:/bin", CGROUP_ENV: str(tmp_path / "no-such-cgroup")}
-    result = subprocess.run(["/bin/sh", str(job.script)], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)
+    launch = Launch(cgroup=tmp_path / "no-such-cgroup")
+    result = subprocess.run(launch.argv(job.script), env={"PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == NO_LIMIT_EXIT
     assert "does not run without its memory limit" in result.stderr
     assert not (job.job_dir / "job.stdout").exists(), "the command ran without its limit"

@@ -29,6 +29,8 @@ from setproctitle import setproctitle
 
 from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
+from execution_engine.errors import NoAccount
+from execution_engine.identity import Account, AccountResolver, OwnerRefused, resolver_from_config
 from execution_engine.job import Job
 from execution_engine.logs import job_extra, log_to_queue
 from execution_engine.plugins import Registry, load_registry
@@ -42,6 +44,8 @@ from execution_engine.transitions import Change, end_fields, makes_notification_
 log = logging.getLogger(__name__)
 
 POOLS = ("building", "submit", "status", "notification")
+ACCOUNT_LEASES = "account_leases"
+"""The collection of pool accounts' leases (``[identity] mapping = pool``)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Actor(ABC):
         self.store: JobStore
         self.bell = ctx.bells[self.kind]
         self._registry: Registry | None = None
+        self._accounts: AccountResolver | None = None
 
     # ------------------------------------------------------------------ process life
     def main(self) -> None:
@@ -168,6 +173,27 @@ class Actor(ABC):
         if self._registry is None:
             self._registry = load_registry(self.config)
         return self._registry
+
+    def accounts(self) -> AccountResolver | None:
+        """How job owners become local accounts (``[identity]``), made at first use; None when
+        jobs run as the daemon's own account. A map file is read here, so a reload (which
+        starts new actors) takes a changed file for the jobs built and submitted after it."""
+        if self._accounts is None and self.config.identity.enabled:
+            self._accounts = resolver_from_config(
+                self.config.identity, leases=self.store.db[ACCOUNT_LEASES],
+                hook=self.registry().manager.hook.execd_map_owner)
+        return self._accounts
+
+    def account_of(self, job: Job) -> Account | None:
+        """The local account ``job`` runs as, None for the daemon's own (``[identity]`` off);
+        raises NoAccount naming the owner and the mapping that refused it."""
+        resolver = self.accounts()
+        if resolver is None:
+            return None
+        try:
+            return resolver.account_for(job.doc)
+        except OwnerRefused as exc:
+            raise NoAccount(job.id, str(exc)) from exc
 
     @staticmethod
     def now() -> datetime:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from execution_engine.actors.base import Actor
 from execution_engine.builder import JobBuilder
-from execution_engine.errors import BuildError, InvalidJob, JobError, RoutingError
+from execution_engine.errors import BuildError, InvalidJob, JobError, NoAccount, RoutingError
 from execution_engine.job import Job
 from execution_engine.logs import job_extra
 from execution_engine.reasons import Reason
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _REASONS: dict[type[JobError], Reason] = {
     InvalidJob: Reason.INVALID_DOCUMENT,
+    NoAccount: Reason.NO_ACCOUNT,
     BuildError: Reason.BUILD_FAILED,
     RoutingError: Reason.ROUTING_FAILED,
 }
@@ -39,7 +40,7 @@ class BuildingActor(Actor):
     _router: Router | None = None
 
     def setup(self) -> None:
-        self.builder = JobBuilder(self.config, self.store, self.router)
+        self.builder = JobBuilder(self.config, self.store, self.router, self.account_of)
 
     def router(self) -> Router:
         """Made at the first application job (command jobs are routed by the Submit actor)."""

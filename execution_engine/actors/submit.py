@@ -25,6 +25,7 @@ Results are written in batches, at least every :data:`FLUSH_AFTER` seconds, so t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -34,11 +35,13 @@ from typing import Any, ClassVar
 
 from execution_engine.actors.base import Actor, LeaseKeeper
 from execution_engine.errors import (
+    NoAccount,
     NoCapacity,
     RoutingError,
     SubmissionRejected,
     SystemUnavailable,
 )
+from execution_engine.identity import Account
 from execution_engine.job import Job
 from execution_engine.logs import job_extra
 from execution_engine.plugins import create_systems
@@ -142,7 +145,7 @@ class SubmitActor(Actor):
     def _is_blocked(self, system: str | None) -> bool:
         return system is not None and self.blocked_until.get(system, 0.0) > time.monotonic()
 
-    def submit_one(self, job: Job) -> Transition:  # noqa: PLR0911 - a return per outcome
+    def submit_one(self, job: Job) -> Transition:  # noqa: PLR0911, PLR0912 - one per outcome
         def fail(message: str, reason: Reason) -> Transition:
             return self._outcome(job, JobState.ERROR, message=message, reason=reason.value,
                                  fields=end_fields(job.notify))
@@ -150,6 +153,10 @@ class SubmitActor(Actor):
         if job.cancel_requested and not job.submission_in_doubt:
             return self._cancelled(job)
         spec = job.spec(self.config.engine.jobs_dir)
+        try:
+            spec = dataclasses.replace(spec, account=self._account(job))
+        except NoAccount as exc:
+            return fail(exc.reason, Reason.NO_ACCOUNT)
         if "built_at" not in job.doc and not spec.script.exists():
             return fail(f"state {job.doc.get('state')!r}: the engine never built this job (a new "
                         "job must be inserted with state 'to be built')",
@@ -201,6 +208,20 @@ class SubmitActor(Actor):
         self.one_at_a_time.discard(system_name)
         log.debug("submitted to %s as %s", system_name, native_id, extra=job_extra(job.id))
         return self._submitted(job, system, route_name, native_id, state)
+
+    def _account(self, job: Job) -> Account | None:
+        """The account the job runs as: its owner's now, which must be the one its directory
+        was built for (a reload may have changed the mapping since: the job would not reach
+        its own files). Raises NoAccount."""
+        account = self.account_of(job)
+        built_for = job.doc.get("account")
+        if account is not None and (not isinstance(built_for, Mapping)
+                                    or built_for.get("uid") != account.uid):
+            was = (f"account {built_for.get('name')}" if isinstance(built_for, Mapping)
+                   else "the daemon's own account")
+            raise NoAccount(job.id, f"owner {job.owner!r} now maps to account {account.name}, "
+                                    f"but its job directory was built for {was}")
+        return account
 
     def _submitted(self, job: Job, system: ExecutionSystem, route: str, native_id: str,
                    state: JobState) -> Transition:

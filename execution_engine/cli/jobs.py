@@ -149,10 +149,7 @@ def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
             value = doc[field]
             shown = fmt_time(value) if field.endswith("_at") else value
             print(f"  {field + ':':<16}{shown}")
-    if doc.get("cancel_requested"):
-        print(f"  {'cancel:':<16}requested")
-    if isinstance(doc.get("hold_requested"), bool):
-        print(f"  {'hold:':<16}{'requested' if doc['hold_requested'] else 'release requested'}")
+    _show_account_and_requests(doc)
     _show_usage_and_attempts(doc)
     notification = doc.get("notification")
     if notification:
@@ -168,6 +165,17 @@ def cmd_show(config: EngineConfig, args: argparse.Namespace) -> int:
             message = f"  {entry['message']}" if entry.get("message") else ""
             print(f"    {fmt_time(entry.get('at'))}  {entry.get('state')}{message}")
     return EXIT_OK
+
+
+def _show_account_and_requests(doc: Mapping[str, Any]) -> None:
+    """The ``runs as``, ``cancel`` and ``hold`` lines of ``execd show``."""
+    account = doc.get("account")
+    if isinstance(account, Mapping):
+        print(f"  {'runs as:':<16}{account.get('name')} (uid {account.get('uid')})")
+    if doc.get("cancel_requested"):
+        print(f"  {'cancel:':<16}requested")
+    if isinstance(doc.get("hold_requested"), bool):
+        print(f"  {'hold:':<16}{'requested' if doc['hold_requested'] else 'release requested'}")
 
 
 def _show_usage_and_attempts(doc: Mapping[str, Any]) -> None:

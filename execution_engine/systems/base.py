@@ -31,10 +31,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from execution_engine.states import JobState
 from execution_engine.systems import records
+
+if TYPE_CHECKING:
+    from execution_engine.identity import Account
 
 #: Files the job script writes into the job directory, relative to it. The exit-code file is the
 #: truth about how a job ended: schedulers forget finished jobs, the file stays.
@@ -86,6 +89,9 @@ class JobSpec:
     """Set once the job was submitted: what ``get_statuses`` and ``kill`` refer to."""
     attempt: int = 1
     """Which run of the job this is (a resubmission is a new attempt, in a fresh directory)."""
+    account: Account | None = None
+    """The local account the job runs as ([identity] mapping), None for the daemon's own.
+    Only the Submit actor sets it (for ``run``); status and kills need no account."""
 
     @property
     def tag(self) -> str:
@@ -189,13 +195,11 @@ def read_usage(job: JobSpec) -> Usage | None:
 
 def read_exit_code(job: JobSpec) -> int | None:
     """The exit code the job script recorded, or None while there is none (or it is half written).
-    """
+    Read without following a link or blocking on a special file: the job's account may own
+    the job directory and put anything there."""
+    text = records.read_record(job.job_dir, EXIT_CODE_NAME)
     try:
-        text = job.exit_code_file.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        return int(text)
+        return int(text) if text is not None else None
     except ValueError:
         return None
 

@@ -59,6 +59,9 @@ from execution_engine.systems.base import (
 
 log = logging.getLogger(__name__)
 
+RUNUSER = "/usr/sbin/runuser"
+"""Runs a submission command as the job's account (util-linux)."""
+
 #: Words in a failed command's output that mean "the scheduler cannot answer now" rather than
 #: "the scheduler refuses". Compared in lower case.
 TRANSIENT_MARKERS: tuple[str, ...] = (
@@ -315,6 +318,20 @@ class BatchSystem(ExecutionSystem):
         """Run a scheduler command with the system's timeout; raises SystemUnavailable."""
         return run_command(argv, system=self.name, timeout=self.command_timeout)
 
+    def as_account(self, job: JobSpec, argv: list[str]) -> list[str]:
+        """``argv`` run as the job's account, so that the scheduler records the account as
+        the job's user (``runuser``, which only root may use, keeps the environment but HOME,
+        SHELL, USER and LOGNAME, which become the account's); as is without an account.
+        Status, kills and holds stay the daemon's: root (a scheduler operator) may act on
+        any user's job."""
+        account = job.account
+        if account is None:
+            return argv
+        if os.geteuid() != 0:
+            raise SubmissionRejected(self.name, f"cannot submit as account {account.name}: only"
+                                                " a daemon running as root can")
+        return [RUNUSER, "-u", account.name, "--", *argv]
+
     def is_transient(self, result: CommandResult) -> bool:
         return looks_transient(result.output, self.transient_markers)
 
@@ -329,7 +346,7 @@ class BatchSystem(ExecutionSystem):
         if not job.script.is_file():
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
         try:
-            result = self.execute(self.submit_command(job))
+            result = self.execute(self.as_account(job, self.submit_command(job)))
         except SystemUnavailable:
             native_id = self._find_after_doubt(job)
             if native_id is not None:

@@ -300,6 +300,9 @@ class DrmaaSystem(ExecutionSystem):
     def run(self, job: JobSpec) -> Submission:
         if not job.script.is_file():
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
+        if job.account is not None:  # DRMAA submits as the session's user, and has no switch
+            raise SubmissionRejected(self.name, f"cannot submit as account {job.account.name}: "
+                                                "DRMAA submits as the daemon's own user")
         session, drmaa = self.session()
         errors = drmaa.errors
         template = session.createJobTemplate()

@@ -32,6 +32,10 @@
   the signal, so that a restarted actor carries on). ``memory_mb`` is enforced by the kernel's
   memory controller or ``ulimit -v`` (:mod:`~execution_engine.systems.local_limits`); an
   out-of-memory kill in the job's cgroup ends it with reason ``memory_exceeded``.
+* A job with an account (``[identity]``, the daemon as root) is started through
+  :mod:`~execution_engine.systems.local_launch`, which sets its memory limit and then becomes the
+  account (``setpriv``) before the script is even opened; so is any job with a memory limit.
+  The native id, kills, slots and usage are the same as for any job.
 * What the job script itself prints (a shell error, never the command's output, which goes to
   ``job.stdout``/``job.stderr``) is appended to ``<state_dir>/systems/<name>/jobs.log``, one
   file opened once, rather than to a ``scheduler.log`` per job: creating a file per job is a
@@ -58,7 +62,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from execution_engine.errors import NoCapacity, SubmissionRejected
-from execution_engine.jobscript import CGROUP_ENV, NO_LIMIT_EXIT, SLOT_FD, ULIMIT_ENV, USAGE_ENV
+from execution_engine.jobscript import NO_LIMIT_EXIT, SLOT_FD, USAGE_ENV
 from execution_engine.proc import is_running, process_start_time
 from execution_engine.reasons import Reason
 from execution_engine.states import JobState
@@ -75,11 +79,11 @@ from execution_engine.systems.base import (
     host_name,
     read_exit_code,
 )
+from execution_engine.systems.local_launch import SETPRIV, Launch, is_job_command_line
 from execution_engine.systems.local_limits import MemoryMethod
 
 log = logging.getLogger(__name__)
 
-SHELL = "/bin/sh"
 
 WAIT_PATIENCE = 0.05
 """Seconds without a free slot after which a submission's wait counts as long
@@ -136,7 +140,7 @@ def job_process(job: JobSpec) -> int | None:
         leads = False
     # An empty record is one the script is writing at this moment (its shell truncates first).
     ours = (leads and recorded in (None, "", str(pid))
-            and _command_line(pid) == [SHELL.encode(), str(job.script).encode()])
+            and is_job_command_line(_command_line(pid) or [], job.script))
     # Checked again last: the same process all along, not one that took a freed pid meanwhile.
     return pid if ours and is_running(pid, start) else None
 
@@ -519,13 +523,25 @@ class LocalSystem(ExecutionSystem):
                            f"{self.slots.count} slots (option slots): it could never start")
         return cores
 
-    def _limit_environment(self, job: JobSpec) -> dict[str, str]:
-        """The variables giving the job script its memory limit (none without ``memory_mb``).
-        A cgroup that cannot be made falls back to ``ulimit -v`` for this job, with a warning:
-        the job never runs unlimited for want of a cgroup."""
+    def _launch(self, job: JobSpec) -> Launch:
+        """What is set before the job script runs: its memory limit (none without
+        ``memory_mb``) and its account (none: the daemon's). A cgroup that cannot be made
+        falls back to ``ulimit -v`` for this job, with a warning: the job never runs unlimited
+        for want of a cgroup."""
+        account = job.account
+        if account is None:
+            launch = Launch()
+        elif os.geteuid() != 0:
+            raise SubmissionRejected(self.name, f"cannot run the job as account {account.name}:"
+                                                " only a daemon running as root can")
+        elif not os.access(SETPRIV, os.X_OK):
+            raise SubmissionRejected(self.name, f"cannot run the job as account {account.name}:"
+                                                f" {SETPRIV} (util-linux) is missing")
+        else:
+            launch = Launch(uid=account.uid, gid=account.gid, groups=account.groups)
         memory_mb = _positive(job.resources.memory_mb)
         if memory_mb is None:
-            return {}
+            return launch
         method = self.memory_method
         if method.uses_cgroups:
             try:
@@ -534,10 +550,10 @@ class LocalSystem(ExecutionSystem):
                 log.warning("%s: cannot make the memory cgroup of job %s, limiting it with "
                             "ulimit -v instead: %s", self.name, job.job_id, exc)
             else:
-                return {CGROUP_ENV: str(path)}
+                return dataclasses.replace(launch, cgroup=path)
         if method.kind == local_limits.NONE:
-            return {}
-        return {ULIMIT_ENV: str(memory_mb * 1024)}
+            return launch
+        return dataclasses.replace(launch, ulimit_kib=memory_mb * 1024)
 
     # ------------------------------------------------------------------ run
     def run(self, job: JobSpec) -> Submission:
@@ -549,19 +565,19 @@ class LocalSystem(ExecutionSystem):
         held = self.slots.acquire(self.slot_wait, self._children.wait_exit,
                                   before_waiting=self.before_waiting, count=cores)
         slot = held.fd
-        environment: dict[str, str] = {}
+        launch = Launch()
         try:
             if slot == SLOT_FD:  # posix_spawn's dup2 onto itself would keep close-on-exec
                 moved = os.dup(slot)
                 os.close(slot)
                 slot = moved
-            environment = self._limit_environment(job)
+            launch = self._launch(job)
             cpus = None
             if _positive(job.resources.cores) is not None:
                 cpus = local_limits.cpus_for(held.indexes, cores, self._cpus)
-            pid = self._spawn(job, environment, slot, cpus)
+            pid = self._spawn(job, launch, slot, cpus)
         except OSError as exc:
-            self._drop_cgroup(environment)
+            self._drop_cgroup(launch)
             raise SubmissionRejected(self.name, f"cannot start {job.script}: {exc}") from exc
         finally:
             os.close(slot)  # the job's process holds the slots from now on
@@ -570,16 +586,19 @@ class LocalSystem(ExecutionSystem):
         self._children.watch(pid)
         return Submission(native_id, JobState.RUNNING)
 
-    def _spawn(self, job: JobSpec, limits: Mapping[str, str], slot: int,
-               cpus: set[int] | None) -> int:
-        """Start the job script in a session of its own, holding the slots on
-        :data:`SLOT_FD`, pinned to ``cpus`` (None: not pinned) from its first instruction."""
+    def _spawn(self, job: JobSpec, launch: Launch, slot: int, cpus: set[int] | None) -> int:
+        """Start the job script in a session of its own (through ``launch``), holding the
+        slots on :data:`SLOT_FD`, pinned to ``cpus`` (None: not pinned) from its first
+        instruction."""
         log_fd = self._jobs_log()
-        environment = {**_base_environment(), **limits, USAGE_ENV: self.kind}
+        environment = {**_base_environment(), USAGE_ENV: self.kind}
+        if job.account is not None:
+            environment.update(job.account.environment())
+        argv = launch.argv(job.script)
         with local_limits.pinned(cpus) if cpus is not None else contextlib.nullcontext():
             return os.posix_spawn(
-                SHELL,
-                [SHELL, str(job.script)],
+                argv[0],
+                argv,
                 environment,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -590,10 +609,10 @@ class LocalSystem(ExecutionSystem):
                 setsid=True,
             )
 
-    def _drop_cgroup(self, environment: Mapping[str, str]) -> None:
+    def _drop_cgroup(self, launch: Launch) -> None:
         """Remove the cgroup made for a job that did not start."""
-        if CGROUP_ENV in environment:
-            local_limits.remove_cgroup(Path(environment[CGROUP_ENV]))
+        if launch.cgroup is not None:
+            local_limits.remove_cgroup(launch.cgroup)
 
     def _record_usage(self, pid: int, status: int, usage: resource.struct_rusage) -> None:
         """Send what the job of the reaped script ``pid`` used to the Status actor (which
@@ -915,8 +934,8 @@ class LocalSystem(ExecutionSystem):
     def find(self, job: JobSpec) -> str | None:
         """The job's process from the pid its script recorded, if it ever started."""
         try:
-            pid = int((job.job_dir / PID_NAME).read_text().strip())
-        except (OSError, ValueError):
+            pid = int(records.read_record(job.job_dir, PID_NAME) or "")
+        except ValueError:
             return None
         start = process_start_time(pid)
         if start is not None and _runs_script(pid, job):

@@ -16,8 +16,9 @@ use, else by an address-space limit (:func:`choose_memory_method`, once per proc
 * ``none``: the option ``memory_limit = none``.
 
 ``<parent>`` is the daemon's own cgroup (or ``cgroup_parent``): jobs stay inside what the
-daemon itself was given (a service manager's delegation, a container's limits). The job script
-joins its cgroup before anything else runs (:mod:`execution_engine.jobscript`). Once the job has
+daemon itself was given (a service manager's delegation, a container's limits). The job's
+process joins its cgroup before its script starts (:mod:`~execution_engine.systems.local_launch`,
+as the daemon's account, before any switch to the job's). Once the job has
 ended, an out-of-memory kill counted in its cgroup (:func:`oom_killed`) is the evidence of
 ``memory_exceeded``, and the cgroup is removed; cgroups left by a crash are removed when seen
 (:func:`sweep`).

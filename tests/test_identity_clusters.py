@@ -1,0 +1,93 @@
+"""Jobs submitted as their owners' accounts to the real clusters, through a running daemon:
+Slurm and Torque (Slurm's Torque wrappers) record the account as the job's user, the job runs
+with the account's uid, and the engine still follows and kills it. Grid Engine submits through
+DRMAA, which has no user switch: a job that must run as an account is refused there, in words.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execution_engine.identity import Account
+from tests.cluster_helpers import Cluster, sge_cluster, slurm_cluster, torque_cluster
+from tests.conftest import Engine
+from tests.support.accounts import LocalAccounts, write_map
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+__all__ = ["sge_cluster", "slurm_cluster", "torque_cluster"]  # fixtures used by name
+
+ALICE = "alice@test.example"
+BOB = "bob@test.example"
+
+
+def scheduler_user(kind: str, native_id: str, cluster: Cluster) -> str:
+    """The job's user as the scheduler's own listing shows it."""
+    if kind == "slurm":
+        argv = ["squeue", "-h", "-t", "all", "-j", native_id, "-o", "%u"]
+    else:
+        argv = [str(Path(cluster.options["bin_dir"]) / "qstat"), "-f", native_id]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    if kind == "slurm":
+        return out.strip()
+    owner = next(line for line in out.splitlines() if "Job_Owner" in line)
+    return owner.split("=", 1)[1].strip().split("@")[0]
+
+
+@pytest.fixture
+def owners(local_accounts: LocalAccounts, tmp_path: Path) -> tuple[Account, Account, Path]:
+    """Alice's and Bob's accounts, and the map file mapping them."""
+    a, b = local_accounts.account("a"), local_accounts.account("b")
+    map_file = tmp_path / "owners.map"
+    write_map(map_file, {ALICE: a.name, BOB: b.name})
+    return a, b, map_file
+
+
+@pytest.mark.parametrize("kind", ["slurm", "torque"])
+def test_jobs_are_submitted_as_their_owners_accounts(
+        kind: str, request: pytest.FixtureRequest, engine_factory: Callable[..., Engine],
+        owners: tuple[Account, Account, Path], open_jobs_dir: Path) -> None:
+    cluster: Cluster = request.getfixturevalue(f"{kind}_cluster")
+    a, b, map_file = owners
+    options = "".join(f"{key} = {value}\n" for key, value in cluster.options.items() if value)
+    daemon = engine_factory(
+        f"[identity]\nmapping = map\nmap_file = {map_file}\n\n"
+        f"[systems]\n[[cluster]]\nclass = {kind}\nstatus_interval = 1\n{options}",
+        jobs_dir=open_jobs_dir)
+    alices = daemon.submit("sh", "-c", "id -u", owner=ALICE, notify=False)
+    bobs = daemon.submit("sh", "-c", "id -u; sleep 600", owner=BOB, notify=False)
+    (alice_doc,) = daemon.wait_ended([alices], timeout=120)
+    assert alice_doc["state"] == "finished", alice_doc.get("status_message")
+    assert Path(alice_doc["job_dir"], "job.stdout").read_text().split() == [str(a.uid)]
+    assert scheduler_user(kind, alice_doc["native_id"], cluster) == a.name
+    assert Path(alice_doc["job_dir"]).stat().st_uid == a.uid
+
+    # Bob's job runs as Bob at the scheduler, and the engine (root) still cancels it.
+    daemon.wait_for(lambda: (daemon.store.get(bobs) or {}).get("state") == "running",
+                    timeout=120, what="Bob's job to run")
+    running: dict[str, Any] = daemon.store.get(bobs) or {}
+    assert scheduler_user(kind, running["native_id"], cluster) == b.name
+    daemon.store.request_cancel(bobs)
+    (bob_doc,) = daemon.wait_ended([bobs], timeout=120)
+    assert (bob_doc["state"], bob_doc["reason"]) == ("killed", "cancelled"), bob_doc
+
+
+def test_grid_engine_refuses_a_job_that_must_run_as_an_account(
+        engine_factory: Callable[..., Engine], sge_cluster: Cluster,
+        owners: tuple[Account, Account, Path], open_jobs_dir: Path) -> None:
+    a, _, map_file = owners
+    options = "".join(f"{key} = {value}\n" for key, value in sge_cluster.options.items()
+                      if value)
+    daemon = engine_factory(
+        f"[identity]\nmapping = map\nmap_file = {map_file}\n\n"
+        f"[systems]\n[[sge]]\nclass = ogs\nstatus_interval = 1\n{options}",
+        jobs_dir=open_jobs_dir)
+    (doc,) = daemon.wait_ended([daemon.submit("id", "-u", owner=ALICE, notify=False)])
+    assert (doc["state"], doc["reason"]) == ("error", "rejected"), doc
+    assert f"cannot submit as account {a.name}" in doc["status_message"]
+    assert "native_id" not in doc

@@ -1,0 +1,178 @@
+"""Jobs run as their owners' accounts, through a running daemon on the Local system: real
+accounts (``useradd``, made by the ``local_accounts`` fixture), a map file from owners to them,
+job directories private to each account, refused owners that run nothing, a map file changed by
+a reload, and a job that plants links to files it may not read.
+
+The daemon runs as root here (as it must to run jobs as other accounts); the jobs directory is
+one every account can reach (``/var/tmp``: pytest's own folders are root's alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from execution_engine.identity import Account
+from tests.conftest import Engine
+from tests.support.accounts import LocalAccounts, write_map
+
+ALICE = "alice@test.example"
+BOB = "bob@test.example"
+
+
+class Site:
+    """A daemon mapping owners to accounts with a map file."""
+
+    def __init__(self, engine: Engine, map_file: Path, accounts: dict[str, Account]) -> None:
+        self.engine = engine
+        self.map_file = map_file
+        self.accounts = accounts
+
+    def run(self, owner: str, script: str, **fields: Any) -> dict[str, Any]:
+        job = self.engine.submit("sh", "-c", script, owner=owner, notify=False, **fields)
+        (doc,) = self.engine.wait_ended([job])
+        return doc
+
+
+@pytest.fixture
+def site(engine_factory: Callable[..., Engine], local_accounts: LocalAccounts,
+         open_jobs_dir: Path, tmp_path: Path) -> Site:
+    accounts = {"a": local_accounts.account("a"), "b": local_accounts.account("b"),
+                "system": local_accounts.account("sys", system=True)}
+    map_file = tmp_path / "owners.map"
+    write_map(map_file, {ALICE: accounts["a"].name, BOB: accounts["b"].name,
+                         "root@test.example": "root", "daemon@test.example": "daemon",
+                         "system@test.example": accounts["system"].name,
+                         "ghost@test.example": local_accounts.name("ghost")})
+    engine = engine_factory(
+        f"[identity]\nmapping = map\nmap_file = {map_file}\n\n"
+        "[systems]\n[[local]]\nclass = local\nslots = 4\nkill_grace = 2\n",
+        jobs_dir=open_jobs_dir)
+    return Site(engine, map_file, accounts)
+
+
+def stdout_of(doc: dict[str, Any]) -> list[str]:
+    return Path(doc["job_dir"], "job.stdout").read_text().split()
+
+
+def test_each_owner_runs_as_their_account_in_a_private_directory(site: Site) -> None:
+    a, b = site.accounts["a"], site.accounts["b"]
+    bobs = site.run(BOB, 'id -u; id -g; id -G; echo "$HOME" "$USER" "$LOGNAME"; '
+                         "echo secret > secret.txt")
+    assert bobs["state"] == "finished", bobs.get("status_message")
+    uid, gid, groups, home, user, logname = stdout_of(bobs)
+    assert (int(uid), int(gid)) == (b.uid, b.gid)
+    assert {int(g) for g in groups.split(",") if g} <= set(b.groups) | {b.gid}
+    assert (home, user, logname) == (b.home, b.name, b.name)
+    assert bobs["account"] == {"name": b.name, "uid": b.uid}
+    shown = site.engine.cli("show", str(bobs["_id"])).stdout
+    assert f"runs as:        {b.name} (uid {b.uid})" in shown
+    info = Path(bobs["job_dir"]).stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (b.uid, 0o700)
+    assert Path(bobs["job_dir"], "secret.txt").stat().st_uid == b.uid
+
+    # Alice's job tries to read Bob's file: refused by the file system, not by the engine.
+    alices = site.run(ALICE, f"id -u; cat {bobs['job_dir']}/secret.txt")
+    assert (alices["state"], alices["reason"]) == ("error", "nonzero_exit")
+    assert stdout_of(alices) == [str(a.uid)]
+    assert "Permission denied" in Path(alices["job_dir"], "job.stderr").read_text()
+
+
+@pytest.mark.parametrize(("owner", "why"), [
+    ("root@test.example", "uid 0"),
+    ("daemon@test.example", "below the uid floor"),
+    ("system@test.example", "below the uid floor"),
+    ("ghost@test.example", "no such local account"),
+    ("nobody-mapped@test.example", "not in map file"),
+])
+def test_an_owner_without_an_account_it_may_run_as_runs_nothing(site: Site, owner: str,
+                                                                  why: str) -> None:
+    flag = Path(tempfile.gettempdir(), f"execd-ran-{os.urandom(4).hex()}")
+    doc = site.run(owner, f"touch {flag}")
+    assert (doc["state"], doc["reason"]) == ("error", "no_account"), doc.get("status_message")
+    assert owner in doc["status_message"] and why in doc["status_message"]
+    assert str(site.map_file) in doc["status_message"]
+    assert "native_id" not in doc and "account" not in doc
+    assert not flag.exists(), "the job ran"
+
+
+def test_a_reloaded_map_file_applies_to_new_jobs_only(site: Site) -> None:
+    a, b = site.accounts["a"], site.accounts["b"]
+    before = site.run(ALICE, "id -u")
+    write_map(site.map_file, {ALICE: b.name})
+    site.engine.cli("reload")
+    after = site.run(ALICE, "id -u")
+    assert stdout_of(before) == [str(a.uid)] and before["account"]["name"] == a.name
+    assert stdout_of(after) == [str(b.uid)] and after["account"]["name"] == b.name
+    assert site.engine.store.get(before["_id"])["account"]["name"] == a.name
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_links_a_job_plants_in_its_directory_are_never_followed_by_the_daemon(
+        site: Site, tmp_path: Path) -> None:
+    """The job replaces its own records and outputs by links to /etc/shadow (which only root
+    may read) and to root's files; the daemon, as root, neither reads nor writes through them:
+    the job still ends with a definite state, and nothing of those files reaches the job's
+    document or changes."""
+    shadow = Path("/etc/shadow")
+    before = sha256(shadow)
+    doc = site.run(ALICE, (
+        "ln -s /etc/shadow stolen.txt; ln -s /etc/shadow .execd/usage; "
+        "ln -s /etc/shadow .execd/native_id; ln -s /root .execd/outputs; "
+        "rm -f .execd/pid; ln -s /etc/shadow .execd/pid; exit 3"))
+    assert doc["state"] == "error" and doc["reason"] in ("nonzero_exit", "unknown"), doc
+    assert sha256(shadow) == before
+    text = repr(doc)
+    assert "root:" not in text and "$y$" not in text and "$6$" not in text
+    assert all(not str(o).endswith("stolen.txt") for o in doc.get("outputs", []) or []), doc
+    fetched = tmp_path / "fetched"
+    site.engine.cli("fetch", str(doc["_id"]), str(fetched), check=False)
+    assert not (fetched / "stolen.txt").exists()
+    assert all("root:" not in f.read_text(errors="replace") for f in fetched.glob("*"))
+
+
+def test_a_reload_with_a_broken_map_file_is_refused_and_the_map_in_use_stays(site: Site) -> None:
+    a = site.accounts["a"]
+    site.map_file.write_text(f"{ALICE} {a.name}\n{BOB}\n")
+    refused = site.engine.cli("reload", check=False)
+    assert refused.returncode != 0
+    assert f"{site.map_file}:2: expected 'owner account'" in refused.stdout + refused.stderr
+    site.map_file.write_text(f"{ALICE} {a.name}\n")
+    site.map_file.chmod(0o666)
+    refused = site.engine.cli("reload", check=False)
+    assert refused.returncode != 0 and "may be changed by others" in refused.stderr
+    doc = site.run(BOB, "id -u")  # the map read at start still holds
+    assert stdout_of(doc) == [str(site.accounts["b"].uid)]
+
+
+def test_a_daemon_not_running_as_root_refuses_to_map_owners(local_accounts: LocalAccounts,
+                                                            open_jobs_dir: Path) -> None:
+    """The check the daemon makes at start and at each reload, run as an ordinary account
+    (which may read the map file here: the refusal is for want of root, not of the file)."""
+    account = local_accounts.account("a")
+    map_file = open_jobs_dir.parent / "owners.map"
+    write_map(map_file, {ALICE: account.name})
+    program = ("from pathlib import Path\n"
+               "from execution_engine.identity import check_privilege, parse_identity_section\n"
+               f"check_privilege(parse_identity_section({{'mapping': 'off'}}, Path('/')))\n"
+               f"check_privilege(parse_identity_section({{'mapping': 'map', "
+               f"'map_file': {str(map_file)!r}}}, Path('/')))\n")
+    result = subprocess.run(["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}",
+                             "--clear-groups", "--", sys.executable, "-c", program],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 1, result.stderr
+    assert "needs the daemon to run as root" in result.stderr
+    assert f"it runs as uid {account.uid}" in result.stderr
