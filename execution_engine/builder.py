@@ -81,6 +81,12 @@ class JobBuilder:
         return Built(built.job_dir, built.state, fields, built.message)
 
     @property
+    def account_in_build(self) -> Account | None:
+        """The account of the job being built (None: the daemon's): its inputs are staged
+        as that account would read them."""
+        return self._account
+
+    @property
     def router(self) -> Router:
         return self._router()
 

@@ -24,6 +24,7 @@ import pytest
 from execution_engine.identity import Account
 from tests.conftest import Engine
 from tests.support.accounts import LocalAccounts, write_map
+from tests.test_apps_e2e import add_app
 
 ALICE = "alice@test.example"
 BOB = "bob@test.example"
@@ -176,3 +177,39 @@ def test_a_daemon_not_running_as_root_refuses_to_map_owners(local_accounts: Loca
     assert result.returncode == 1, result.stderr
     assert "needs the daemon to run as root" in result.stderr
     assert f"it runs as uid {account.uid}" in result.stderr
+
+
+def test_inputs_are_staged_as_the_account_would_read_them(site: Site, tmp_path: Path,
+                                                          open_jobs_dir: Path) -> None:
+    """An application job's file inputs: one the account may read is copied and becomes the
+    account's; one in another account's private folder, and /etc/shadow, are refused at the
+    build although root could read them, and nothing runs."""
+    a, b = site.accounts["a"], site.accounts["b"]
+    add_app(site.engine, "linecount")
+    shared = open_jobs_dir.parent / "shared.txt"
+    shared.write_text("one\ntwo\n")
+    private = Path(b.home) / "private"
+    private.mkdir(mode=0o700)
+    os.chown(private, b.uid, b.gid)
+    secret = private / "secret.txt"
+    secret.write_text("bob's\n")
+    secret.chmod(0o644)  # readable by all, but its folder is Bob's alone
+
+    def linecount(path: Path) -> dict[str, Any]:
+        job = site.engine.insert({"state": "to be built", "app": {"name": "linecount"},
+                                  "owner": ALICE, "notify": False, "inputs": [
+                                      {"name": "text", "type": "file", "path": str(path),
+                                       "action": "COPY"}]})
+        (doc,) = site.engine.wait_ended([job])
+        return doc
+
+    done = linecount(shared)
+    assert done["state"] == "finished", done.get("status_message")
+    staged = next(Path(done["job_dir"]).glob("*shared.txt"))
+    assert (staged.stat().st_uid, staged.read_text()) == (a.uid, "one\ntwo\n")
+    for path, why in ((secret, f"account {a.name} may not enter {private}"),
+                      (Path("/etc/shadow"), f"account {a.name} may not read /etc/shadow")):
+        refused = linecount(path)
+        assert (refused["state"], refused["reason"]) == ("error", "build_failed"), refused
+        assert why in refused["status_message"]
+        assert "native_id" not in refused

@@ -6,8 +6,10 @@ id>`` and forges its standalone job script; application jobs are also routed her
 picks the environment snippet). Building is idempotent, so a job whose builder died is simply
 built again.
 
-Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by default); the
-``.execd`` sub-directory holds the engine's files (script, pid, exit code, scheduler log).
+Job directories are created with mode 0777 minus ``[engine] umask`` (0755 by default), or,
+when jobs run as their owners (``[identity]``), given to the job's account with mode 0700
+(0750 with ``group_access``); the ``.execd`` sub-directory holds the engine's files (script,
+pid, exit code, scheduler log).
 """
 
 from __future__ import annotations

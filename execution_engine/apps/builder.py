@@ -108,7 +108,8 @@ class AppBuilder:
         for name, value in checked.values.items():
             if isinstance(value, FileValue):
                 try:
-                    stage(value.source, job_dir, value.target, value.action)
+                    stage(value.source, job_dir, value.target, value.action,
+                          self.builder.account_in_build)
                 except (StagingError, OSError) as exc:
                     raise BuildError(job_id, f"input {name!r}: cannot stage {value.source} as "
                                      f"{value.target!r}: {exc}") from exc

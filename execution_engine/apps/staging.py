@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from execution_engine import safefs
 from execution_engine.errors import AppError
+from execution_engine.identity import Account
+from execution_engine.identity.accounts import open_as
 from execution_engine.systems.base import ENGINE_DIR
 
 MAX_NAME = 255
@@ -65,25 +67,32 @@ def _open_folder(job_dir: Path, target: str) -> int:
         raise StagingError(f"{relative} in the job directory is {what}") from None
 
 
-def stage(source: Path, job_dir: Path, target: str, action: str) -> Path:
+def stage(source: Path, job_dir: Path, target: str, action: str,
+          account: Account | None = None) -> Path:
     """Put ``source`` into ``job_dir`` as ``target`` (COPY or LINK); the staged path.
-    Raises StagingError, or OSError for a failing disk.
+    Raises StagingError, or OSError for a failing disk (PermissionError: the account may not
+    read the source).
 
     Everything below ``job_dir`` is done relative to directory descriptors: a link planted in
-    the job directory (at a folder on the way or where the file goes) is never followed."""
+    the job directory (at a folder on the way or where the file goes) is never followed.
+
+    With ``account`` (the job runs as it), the file is staged as the account would: copied only
+    when the account itself may read the source (:func:`~execution_engine.identity.accounts.
+    open_as`), and the copy (or link) is the account's."""
     reason = target_problem(target)
     if reason is not None:
         raise StagingError(f"cannot stage as {target!r}: {reason}")
     folder = _open_folder(job_dir, target)
     try:
         name = PurePosixPath(target).name
-        _stage_at(folder, name, source, action, target)
+        _stage_at(folder, name, source, action, target, account)
     finally:
         os.close(folder)
     return job_dir / target
 
 
-def _stage_at(folder: int, name: str, source: Path, action: str, target: str) -> None:
+def _stage_at(folder: int, name: str, source: Path, action: str, target: str,  # noqa: PLR0917
+              account: Account | None) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
             raise StagingError(f"{target} is already a directory in the job directory")
@@ -91,13 +100,18 @@ def _stage_at(folder: int, name: str, source: Path, action: str, target: str) ->
     try:
         if action == "LINK":
             os.symlink(source.resolve(), temporary, dir_fd=folder)
+            if account is not None:
+                os.chown(temporary, account.uid, account.gid, dir_fd=folder,
+                         follow_symlinks=False)
         else:
-            src_fd = open_source(source)
+            src_fd = open_source(source) if account is None else open_as(account, source)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             with open(src_fd, "rb") as src, \
                     open(os.open(temporary, flags, 0o600, dir_fd=folder), "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
                 os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(src.fileno()).st_mode))
+                if account is not None:
+                    os.fchown(out.fileno(), account.uid, account.gid)
         # Replaces a link itself, never what it points to.
         os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:

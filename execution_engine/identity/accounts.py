@@ -11,8 +11,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,57 @@ def vet(name: str, *, min_uid: int, allowed_gids: frozenset[int], group_names: I
     if allowed_gids and allowed_gids.isdisjoint({account.gid, *account.groups}):
         return f"it is in none of the groups {', '.join(group_names)} ([identity] groups)"
     return account
+
+
+READ = 4
+SEARCH = 1
+
+
+def permits(account: Account, info: os.stat_result, wanted: int) -> bool:
+    """Whether the mode bits of a file with ``info`` give ``account`` the ``wanted`` access
+    (:data:`READ`, :data:`SEARCH`), as the kernel decides for an account that is not root:
+    the owner's bits, else the group's when the file's group is one of the account's, else
+    the others'. Access control lists are not consulted (a file shared only by an ACL is
+    refused)."""
+    if info.st_uid == account.uid:
+        bits = info.st_mode >> 6
+    elif info.st_gid == account.gid or info.st_gid in account.groups:
+        bits = info.st_mode >> 3
+    else:
+        bits = info.st_mode
+    return bits & wanted == wanted
+
+
+def open_as(account: Account, path: Path) -> int:
+    """A read-only descriptor of the regular file ``path``, opened by root but only when
+    ``account`` itself could open it: every folder on the way searchable by the account and
+    the file readable by it. The path is resolved first (links the administrator made stay
+    usable); then each component is opened relative to its parent without following links
+    and checked on its descriptor, so a folder swapped for a link after the resolution is
+    refused rather than followed. Non-blocking open (a FIFO never hangs the caller), checked
+    to be a regular file. Raises PermissionError naming what the account may not read, or
+    OSError."""
+    resolved = path.resolve()
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walked = Path("/")
+        for part in resolved.parts[1:]:
+            if not permits(account, os.fstat(fd), SEARCH):
+                raise PermissionError(f"account {account.name} may not enter {walked}")
+            walked = walked / part
+            last = walked == resolved
+            flags = (os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | (os.O_NONBLOCK if last else os.O_DIRECTORY))
+            next_fd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{resolved} is not a regular file")
+        if not permits(account, info, READ):
+            raise PermissionError(f"account {account.name} may not read {resolved}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
