@@ -213,3 +213,32 @@ def test_inputs_are_staged_as_the_account_would_read_them(site: Site, tmp_path: 
         assert (refused["state"], refused["reason"]) == ("error", "build_failed"), refused
         assert why in refused["status_message"]
         assert "native_id" not in refused
+
+
+def test_pool_accounts_are_leased_per_owner_through_the_daemon(
+        engine_factory: Callable[..., Engine], local_accounts: LocalAccounts,
+        open_jobs_dir: Path) -> None:
+    """Two pool accounts for project bio: each owner gets one and keeps it, a third owner finds
+    the pool exhausted and runs nothing; the leases are in the database for all to see."""
+    pool = [local_accounts.account("p1"), local_accounts.account("p2")]
+    engine = engine_factory(
+        "[identity]\nmapping = pool\n[[pools]]\n"
+        f"bio = {pool[0].name}, {pool[1].name}\n\n"
+        "[systems]\n[[local]]\nclass = local\nslots = 4\n", jobs_dir=open_jobs_dir)
+
+    def run(owner: str) -> dict[str, Any]:
+        job = engine.submit("id", "-un", owner=owner, project="bio", notify=False)
+        (doc,) = engine.wait_ended([job])
+        return doc
+
+    first, second, again = run(ALICE), run(BOB), run(ALICE)
+    names = {p.name for p in pool}
+    assert first["state"] == second["state"] == again["state"] == "finished"
+    assert {first["account"]["name"], second["account"]["name"]} == names
+    assert again["account"] == first["account"]
+    assert stdout_of(again) == [first["account"]["name"]]
+    exhausted = run("carol@test.example")
+    assert (exhausted["state"], exhausted["reason"]) == ("error", "no_account")
+    assert "bio" in exhausted["status_message"]
+    leases = {d["_id"]: d["owner"] for d in engine.store.db["account_leases"].find()}
+    assert leases == {first["account"]["name"]: ALICE, second["account"]["name"]: BOB}
