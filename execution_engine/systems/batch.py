@@ -157,6 +157,21 @@ def run_command(
     return CommandResult(command, proc.returncode, stdout, stderr)
 
 
+def as_account(system: str, job: JobSpec, argv: list[str]) -> list[str]:
+    """``argv`` run as the job's account, so that the scheduler records the account as the
+    job's user (``runuser``, which only root may use, keeps the environment but HOME, SHELL,
+    USER and LOGNAME, which become the account's); as is without an account. Status, kills
+    and holds stay the daemon's: root (a scheduler operator or manager) may act on any user's
+    job. Raises SubmissionRejected naming ``system`` when this process is not root."""
+    account = job.account
+    if account is None:
+        return argv
+    if os.geteuid() != 0:
+        raise SubmissionRejected(system, f"cannot submit as account {account.name}: only a "
+                                         "daemon running as root can")
+    return [RUNUSER, "-u", account.name, "--", *argv]
+
+
 def looks_transient(text: str, extra: Iterable[str] = ()) -> bool:
     """True when a failed command's output says the scheduler cannot answer now."""
     lowered = text.lower()
@@ -319,18 +334,8 @@ class BatchSystem(ExecutionSystem):
         return run_command(argv, system=self.name, timeout=self.command_timeout)
 
     def as_account(self, job: JobSpec, argv: list[str]) -> list[str]:
-        """``argv`` run as the job's account, so that the scheduler records the account as
-        the job's user (``runuser``, which only root may use, keeps the environment but HOME,
-        SHELL, USER and LOGNAME, which become the account's); as is without an account.
-        Status, kills and holds stay the daemon's: root (a scheduler operator) may act on
-        any user's job."""
-        account = job.account
-        if account is None:
-            return argv
-        if os.geteuid() != 0:
-            raise SubmissionRejected(self.name, f"cannot submit as account {account.name}: only"
-                                                " a daemon running as root can")
-        return [RUNUSER, "-u", account.name, "--", *argv]
+        """``argv`` run as the job's account (:func:`as_account`)."""
+        return as_account(self.name, job, argv)
 
     def is_transient(self, result: CommandResult) -> bool:
         return looks_transient(result.output, self.transient_markers)

@@ -302,7 +302,9 @@ class DrmaaSystem(ExecutionSystem):
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
         if job.account is not None:  # DRMAA submits as the session's user, and has no switch
             raise SubmissionRejected(self.name, f"cannot submit as account {job.account.name}: "
-                                                "DRMAA submits as the daemon's own user")
+                                                "DRMAA submits as the daemon's own user (a "
+                                                "subclass submits such jobs otherwise, as "
+                                                "Grid Engine's does with qsub)")
         session, drmaa = self.session()
         errors = drmaa.errors
         template = session.createJobTemplate()

@@ -38,13 +38,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from execution_engine.errors import SystemUnavailable
+from execution_engine.errors import SubmissionRejected, SystemUnavailable
 from execution_engine.systems import records
 from execution_engine.systems.accounting import (
     AWAITED,
@@ -54,12 +55,14 @@ from execution_engine.systems.accounting import (
     job_end_evidence,
     read_accounting_tail,
 )
-from execution_engine.systems.base import JobSpec, read_exit_code
+from execution_engine.systems.base import JobSpec, Submission, read_exit_code
 from execution_engine.systems.batch import (
     CommandResult,
+    as_account,
     check_name,
     forgotten_id,
     job_has_started,
+    looks_transient,
     run_command,
 )
 from execution_engine.systems.drmaa_base import DrmaaSystem, EndedJob
@@ -178,15 +181,56 @@ class OgsSystem(DrmaaSystem):
             parallel_environment=self.parallel_environment,
             memory_resource=self.memory_resource)
 
+    # ------------------------------------------------------------------ run as an account
+    def run(self, job: JobSpec) -> Submission:
+        """Through DRMAA; a job with an account through ``qsub`` run as the account
+        (:meth:`_run_as_account`)."""
+        if job.account is None:
+            return super().run(job)
+        return self._run_as_account(job)
+
+    def _run_as_account(self, job: JobSpec) -> Submission:
+        """DRMAA submits as the user of its session and has no switch, so a job that runs as
+        an account is submitted by ``qsub`` run as the account (``runuser``): the cell records
+        the account as the job's owner. The job is the one DRMAA would submit (``-b y /bin/sh
+        <script>`` in the job directory, named by its tag, the scheduler log joined), so
+        status, kills, evidence and ``find`` treat it as any job: the daemon's session sees
+        jobs it did not submit as it does after a restart. Raises SubmissionRejected or
+        SystemUnavailable (after looking the job up by its tag)."""
+        if not job.script.is_file():
+            raise SubmissionRejected(self.name, f"job script {job.script} is missing")
+        log_path = str(job.scheduler_log)
+        argv = ["-terse", "-N", job.tag, "-wd", str(job.job_dir), "-o", log_path,
+                "-e", log_path, "-j", "y", *self.resource_arguments(job),
+                *shlex.split(self.extra_native_specification),
+                "-b", "y", "/bin/sh", str(job.script)]
+        try:
+            result = self._command("qsub", *argv, job=job)
+        except SystemUnavailable:
+            native_id = self.find(job)
+            if native_id is None:
+                raise
+            records.record_native_id(job.job_dir, native_id)
+            return Submission(native_id)
+        native_id = result.stdout.strip().split(".")[0] if result.ok else ""
+        if not native_id.isdigit():
+            if not result.ok and looks_transient(result.output):
+                raise SystemUnavailable(self.name, result.describe())
+            raise SubmissionRejected(self.name, f"{self.scheduler} refused the job: "
+                                                f"{result.output or result.describe()}")
+        records.record_native_id(job.job_dir, native_id)
+        return Submission(native_id)
+
     # ------------------------------------------------------------------ find
-    def _command(self, name: str, *args: str) -> CommandResult:
+    def _command(self, name: str, *args: str, job: JobSpec | None = None) -> CommandResult:
+        """Run the cell's command ``name``; as ``job``'s account when it has one."""
         env = dict(os.environ)
         for key, variable in (("sge_root", "SGE_ROOT"), ("sge_cell", "SGE_CELL")):
             if self.options.get(key):
                 env[variable] = str(self.options[key])
         path = str(Path(self.bin_dir) / name) if self.bin_dir else name
-        return run_command([path, *args], system=self.name, timeout=self.command_timeout,
-                           env=env)
+        argv = [path, *args] if job is None else as_account(self.name, job, [path, *args])
+        return run_command(argv, system=self.name, timeout=self.command_timeout, env=env)
 
     def find(self, job: JobSpec) -> str | None:
         """The job's number looked up by its name: among the cell's jobs (``qstat``), then in
