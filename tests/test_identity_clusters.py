@@ -6,16 +6,22 @@ uid, and the engine still follows and cancels it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from execution_engine.identity import Account
-from tests.cluster_helpers import Cluster, sge_cluster, slurm_cluster, torque_cluster
+from execution_engine.systems.base import ExecutionSystem
+from execution_engine.systems.ogs import OgsSystem
+from execution_engine.systems.slurm import SlurmSystem
+from execution_engine.systems.torque import TorqueSystem
+from tests.cluster_helpers import Cluster, make_job, sge_cluster, slurm_cluster, torque_cluster
 from tests.conftest import Engine
 from tests.support.accounts import LocalAccounts, write_map
 
@@ -89,3 +95,30 @@ def test_jobs_are_submitted_as_their_owners_accounts(
     daemon.store.request_cancel(bobs)
     (bob_doc,) = daemon.wait_ended([bobs], timeout=120)
     assert (bob_doc["state"], bob_doc["reason"]) == ("killed", "cancelled"), bob_doc
+
+
+SYSTEMS: dict[str, type[ExecutionSystem]] = {"slurm": SlurmSystem, "torque": TorqueSystem,
+                                             "ogs": OgsSystem}
+
+
+@pytest.mark.parametrize("kind", ["slurm", "torque", "ogs"])
+def test_a_job_submitted_as_an_account_is_found_by_its_tag(
+        kind: str, request: pytest.FixtureRequest, owners: tuple[Account, Account, Path],
+        open_jobs_dir: Path) -> None:
+    """What crash recovery asks (a submission in doubt is looked up by its tag before it is
+    made again): the scheduler's job of another account is found all the same."""
+    cluster: Cluster = request.getfixturevalue(f"{'sge' if kind == 'ogs' else kind}_cluster")
+    account = owners[0]
+    system = SYSTEMS[kind](f"find-{kind}", cluster.options)
+    job = make_job(open_jobs_dir, ["sleep", "60"])
+    for path in (job.job_dir, job.job_dir / ".execd", job.script):
+        os.chown(path, account.uid, account.gid)
+    spec = replace(job, account=account)
+    native_id = system.run(spec).native_id
+    try:
+        assert system.find(spec) == native_id
+        assert scheduler_user(kind, native_id, cluster) == account.name
+    finally:
+        subprocess.run(["qdel" if kind == "ogs" else "scancel", native_id], timeout=60,
+                       check=False, capture_output=True)
+        system.close()

@@ -9,12 +9,14 @@ one every account can reach (``/var/tmp``: pytest's own folders are root's alone
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,62 @@ def test_pool_accounts_are_leased_per_owner_through_the_daemon(
     assert "bio" in exhausted["status_message"]
     leases = {d["_id"]: d["owner"] for d in engine.store.db["account_leases"].find()}
     assert leases == {first["account"]["name"]: ALICE, second["account"]["name"]: BOB}
+
+
+def test_a_job_run_as_its_account_is_cancelled_and_holds_its_slot(
+        engine_factory: Callable[..., Engine], local_accounts: LocalAccounts,
+        open_jobs_dir: Path, tmp_path: Path) -> None:
+    """One Local slot, two owners: the second job starts only once the first, cancelled while it
+    runs as its account, has let go of the slot; the cancel reaches the whole process group."""
+    a, b = local_accounts.account("a"), local_accounts.account("b")
+    map_file = tmp_path / "owners.map"
+    write_map(map_file, {ALICE: a.name, BOB: b.name})
+    engine = engine_factory(f"[identity]\nmapping = map\nmap_file = {map_file}\n\n"
+                            "[systems]\n[[local]]\nclass = local\nslots = 1\nkill_grace = 2\n",
+                            jobs_dir=open_jobs_dir)
+    first = engine.submit("sh", "-c", "sleep 600 & sleep 600", owner=ALICE, notify=False)
+    second = engine.submit("date", "+%s.%N", owner=BOB, notify=False)
+    engine.wait_for(lambda: (engine.store.get(first) or {}).get("state") == "running",
+                    what="the first job to run")
+    pgid = int(engine.store.get(first)["native_id"].split(":")[0])
+    time.sleep(2)
+    assert (engine.store.get(second) or {}).get("state") != "finished", "the slot did not hold"
+    assert {Path(f"/proc/{pid}").stat().st_uid for pid in group_members(pgid)} == {a.uid}
+    engine.store.request_cancel(first)
+    cancelled, after = engine.wait_ended([first, second])
+    assert (cancelled["state"], cancelled["reason"]) == ("killed", "cancelled"), cancelled
+    assert not group_members(pgid), "a process of the cancelled job outlived it"
+    assert after["state"] == "finished"
+    assert float(stdout_of(after)[0]) >= cancelled["ended_at"].timestamp() - 1
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def test_group_access_lets_a_portal_group_read_job_directories(
+        engine_factory: Callable[..., Engine], local_accounts: LocalAccounts,
+        open_jobs_dir: Path, tmp_path: Path) -> None:
+    portal = local_accounts.group("portal")
+    a = local_accounts.account("a")
+    map_file = tmp_path / "owners.map"
+    write_map(map_file, {ALICE: a.name})
+    engine = engine_factory(f"[identity]\nmapping = map\nmap_file = {map_file}\n"
+                            f"group_access = {portal}\n\n"
+                            "[systems]\n[[local]]\nclass = local\nslots = 1\n",
+                            jobs_dir=open_jobs_dir)
+    (doc,) = engine.wait_ended([engine.submit("true", owner=ALICE, notify=False)])
+    info = Path(doc["job_dir"]).stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        a.uid, grp.getgrnam(portal).gr_gid, 0o750)
