@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 
 from execution_engine.identity import Account
+from execution_engine.states import JobState
 from execution_engine.systems.base import ExecutionSystem
 from execution_engine.systems.ogs import OgsSystem
 from execution_engine.systems.slurm import SlurmSystem
 from execution_engine.systems.torque import TorqueSystem
-from tests.cluster_helpers import Cluster, make_job, sge_cluster, slurm_cluster, torque_cluster
+from tests.cluster_helpers import (
+    Cluster,
+    make_job,
+    sge_cluster,
+    slurm_cluster,
+    torque_cluster,
+    wait_reports,
+)
 from tests.conftest import Engine
 from tests.support.accounts import LocalAccounts, write_map
 
@@ -106,7 +114,9 @@ def test_a_job_submitted_as_an_account_is_found_by_its_tag(
         kind: str, request: pytest.FixtureRequest, owners: tuple[Account, Account, Path],
         open_jobs_dir: Path) -> None:
     """What crash recovery asks (a submission in doubt is looked up by its tag before it is
-    made again): the scheduler's job of another account is found all the same."""
+    made again): the scheduler's job of another account is found all the same; and root holds
+    and releases it (Slurm suspends a running job: the other systems' holds go through the
+    same root commands or DRMAA session as their kills, tested through the daemon above)."""
     cluster: Cluster = request.getfixturevalue(f"{'sge' if kind == 'ogs' else kind}_cluster")
     account = owners[0]
     system = SYSTEMS[kind](f"find-{kind}", cluster.options)
@@ -118,6 +128,13 @@ def test_a_job_submitted_as_an_account_is_found_by_its_tag(
     try:
         assert system.find(spec) == native_id
         assert scheduler_user(kind, native_id, cluster) == account.name
+        if kind == "slurm":  # root suspends and resumes the account's running job
+            submitted = replace(spec, native_id=native_id)
+            wait_reports(system, [submitted], lambda r: r.state is JobState.RUNNING)
+            system.hold(submitted)
+            wait_reports(system, [submitted], lambda r: r.state is JobState.HOLD)
+            system.release(submitted)
+            wait_reports(system, [submitted], lambda r: r.state is JobState.RUNNING)
     finally:
         subprocess.run(["qdel" if kind == "ogs" else "scancel", native_id], timeout=60,
                        check=False, capture_output=True)

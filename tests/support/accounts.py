@@ -90,9 +90,20 @@ def remove_account(name: str) -> None:
     (after ``usermod -g``); nothing when there is no such account."""
     _check_name(name)
     if _exists(pwd.getpwnam, name):
+        _end_processes_of(name)
         _run(["userdel", "--remove", name], ok_codes=(0, 12))  # 12: no home (already gone)
     if _exists(grp.getgrnam, name):
         _run(["groupdel", name])
+
+
+def _end_processes_of(name: str) -> None:
+    """Kill what still runs as the account (a job a scheduler is still tearing down): userdel
+    refuses an account that has processes."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pkill", "-KILL", "-u", name], check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            return  # userdel then says what is left
+        time.sleep(0.1)
 
 
 def remove_group(name: str) -> None:
