@@ -108,14 +108,14 @@ class JobBuilder:
         try:
             if job.attempt > 1:
                 set_aside(job_dir, jobs_dir, job.attempt - 1)
-            make_job_dir(job_dir, jobs_dir, script=script, **self._ownership())
+            make_job_dir(job_dir, jobs_dir, script=script, **self.ownership())
             if stage is not None:
                 stage(job_dir)
         except OSError as exc:
             raise BuildError(job.id, f"cannot write the job directory {job_dir}: {exc}"
                              ) from exc
 
-    def _ownership(self) -> dict[str, Any]:
+    def ownership(self) -> dict[str, Any]:
         """How the directory of the job being built is owned: by its account, private to it
         (or readable by ``[identity] group_access``); the daemon's, as the umask makes it,
         when the job runs as the daemon."""

@@ -26,14 +26,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
 from execution_engine.apps.outputs import FetchReport, fetch_outputs
 from execution_engine.apps.registry import AppRegistry
 from execution_engine.config import EngineConfig, load_config
 from execution_engine.errors import ExecdError, NotRunning
+from execution_engine.identity.claims import sign_claim
 from execution_engine.job import Job as EngineJob
-from execution_engine.jobdoc import new_job_document, request_problems
+from execution_engine.jobdoc import job_id_text, job_project, new_job_document, request_problems
 from execution_engine.resubmission import REQUEST
 from execution_engine.states import ENDED_STATES
 from execution_engine.store import JobStore, as_job_id, utcnow
@@ -303,13 +305,17 @@ class Client:
     built-in defaults): its ``[mongodb] uri``, else the URI the running daemon's embedded
     mongod published in ``<state_dir>/mongodb.uri`` (raises NotRunning when there is none).
     ``database``: default the configuration's ``[mongodb] database``, else ``execd``.
+    ``claim_as``: ``(client name, secret)`` of a client of the daemon's ``[identity]
+    [[clients]]`` (the secret as :func:`~execution_engine.identity.read_secret_file` reads
+    it): every job :meth:`submit` inserts then carries that client's owner claim.
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, uri: str | None = None, *,
                  config: EngineConfig | str | os.PathLike[str] | None = None,
                  database: str | None = None, timeout: float | None = None,
-                 app_name: str = "execd-client") -> None:
+                 app_name: str = "execd-client",
+                 claim_as: tuple[str, bytes] | None = None) -> None:
         settings: EngineConfig | None = None
         if uri is None or config is not None:
             settings = config if isinstance(config, EngineConfig) else load_config(config)
@@ -322,6 +328,8 @@ class Client:
             timeout = settings.mongodb.server_selection_timeout if settings is not None else 10.0
         self.uri = uri
         self.database = database
+        self.claim_as = claim_as
+        """``(client name, secret)`` that signs the jobs :meth:`submit` inserts; None: unsigned."""
         self.store = JobStore.open(uri, database, timeout=timeout, app_name=app_name)
 
     def close(self) -> None:
@@ -360,7 +368,9 @@ class Client:
         ``{name, value}`` / ``{name, path, action}``. ``splitter`` splits an application job
         (docs/applications.md). Raises ValueError when both or neither of ``command`` and
         ``app`` are given, and UnknownApp when ``app`` is not stored (or its stored definition
-        is invalid). Fields the client leaves out get the engine's defaults.
+        is invalid). Fields the client leaves out get the engine's defaults. A client made
+        with ``claim_as`` gives the job an ObjectId ``_id`` and signs it (``client``,
+        ``claim``); it then needs ``owner`` (ValueError without one).
         """
         if (command is None) == (app is None):
             raise ValueError("give either a command or an app, not both and not neither")
@@ -383,8 +393,21 @@ class Client:
             doc["splitter"] = dict(splitter)
         if metadata is not None:
             doc["metadata"] = dict(metadata)
+        if self.claim_as is not None:
+            self._sign(doc)
         doc["_id"] = self.store.insert(doc)
         return Job(self, doc)
+
+    def _sign(self, doc: dict[str, Any]) -> None:
+        """Give ``doc`` an id of its own and this client's claim of its owner and project."""
+        assert self.claim_as is not None
+        name, secret = self.claim_as
+        owner = doc.get("owner")
+        if not isinstance(owner, str) or not owner:
+            raise ValueError("a signed job needs an owner (the claim is of its owner)")
+        doc.setdefault("_id", ObjectId())
+        doc["client"] = name
+        doc["claim"] = sign_claim(secret, job_id_text(doc["_id"]), owner, job_project(doc))
 
     def job(self, job_id: Any) -> Job:
         """The job ``job_id`` (an ObjectId, its hex text, or a client-chosen string id);

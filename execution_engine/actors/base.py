@@ -31,6 +31,7 @@ from execution_engine.bell import Bell
 from execution_engine.config import EngineConfig
 from execution_engine.errors import NoAccount
 from execution_engine.identity import Account, AccountResolver, OwnerRefused, resolver_from_config
+from execution_engine.identity.claims import check_claim
 from execution_engine.job import Job
 from execution_engine.logs import job_extra, log_to_queue
 from execution_engine.plugins import Registry, load_registry
@@ -186,11 +187,14 @@ class Actor(ABC):
 
     def account_of(self, job: Job) -> Account | None:
         """The local account ``job`` runs as, None for the daemon's own (``[identity]`` off);
-        raises NoAccount naming the owner and the mapping that refused it."""
+        raises NoAccount naming the owner and the mapping that refused it, or why its owner
+        claim does not hold (``[identity] [[clients]]``: checked first, at every call, so that
+        an owner or project rewritten after the build is refused at submission)."""
         resolver = self.accounts()
         if resolver is None:
             return None
         try:
+            check_claim(self.config.identity, job.doc)
             return resolver.account_for(job.doc)
         except OwnerRefused as exc:
             raise NoAccount(job.id, str(exc)) from exc

@@ -34,6 +34,7 @@ from execution_engine.apps.split import (
 )
 from execution_engine.apps.staging import StagingError, stage
 from execution_engine.errors import BuildError, InvalidJob
+from execution_engine.identity.claims import sign_for_client
 from execution_engine.job import Job
 from execution_engine.jobdoc import job_id_text, job_name, job_project
 from execution_engine.jobscript import make_job_dir
@@ -153,7 +154,7 @@ class AppBuilder:
         _refuse(job_id, app, problems)
         master_dir = Job(doc).job_dir(self.config.engine.jobs_dir)
         try:
-            make_job_dir(master_dir, self.config.engine.jobs_dir)
+            make_job_dir(master_dir, self.config.engine.jobs_dir, **self.builder.ownership())
             self.stage_all(job_id, checked, master_dir)
             per_subjob: list[Any] = values
             source = checked.split_source
@@ -170,6 +171,8 @@ class AppBuilder:
             shared = {k: v for k, v in checked.values.items() if k != splitter.input}
             subjobs = subjob_documents(doc, app.version, shared, split_input=splitter.input,
                                        per_subjob=per_subjob, master_dir=master_dir)
+            for subjob in subjobs:  # the master's claim was checked: its subjobs are signed
+                subjob.update(sign_for_client(self.config.identity, doc.get("client"), subjob))
             taken = self.store.insert_subjobs(subjobs)
             if taken:
                 raise SplitError([f"could not write {len(taken)} subjobs (ids taken by other "

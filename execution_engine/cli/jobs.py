@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from execution_engine.cli.common import (
 from execution_engine.client import JobStatus
 from execution_engine.config import EngineConfig
 from execution_engine.errors import ConfigError
+from execution_engine.identity import read_secret_file
 from execution_engine.states import JobState
 
 SHOWN_FIELDS = ("state", "status_message", "reason", "name", "owner", "project", "command",
@@ -38,6 +40,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--project")
     p.add_argument("--env", action="append", metavar="NAME=VALUE")
     p.add_argument("--no-notify", action="store_true", help="do not notify the owner")
+    _add_claim_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER)
     add_submit_app_options(p)
     p.set_defaults(func=cmd_submit)
@@ -91,6 +94,16 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_fetch)
 
 
+def _add_claim_options(p: argparse.ArgumentParser) -> None:
+    """``--client`` and ``--claim-secret-file``: sign the job's owner (identity/claims.py)."""
+    p.add_argument("--client", default=os.environ.get("EXECD_CLIENT"),
+                   help="sign the job's owner as this client of [identity] [[clients]] "
+                        "(default: $EXECD_CLIENT)")
+    p.add_argument("--claim-secret-file", default=os.environ.get("EXECD_CLAIM_SECRET_FILE"),
+                   metavar="FILE", help="the client's secret (default: "
+                                        "$EXECD_CLAIM_SECRET_FILE)")
+
+
 def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
     """Insert a command job (``execd submit -- CMD ARG...``) or an application job
     (``execd submit --app NAME --input NAME=VALUE...``); prints its id."""
@@ -98,21 +111,41 @@ def cmd_submit(config: EngineConfig, args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "name": args.name, "owner": args.owner, "project": args.project,
         "environment": env_options(args.env), "notify": False if args.no_notify else None}
+    claim_as = _claim_as(args)
+    if claim_as is not None and not args.owner:
+        raise ConfigError("submit: a signed job needs --owner (the claim is of its owner)")
     if args.app:
         if [a for a in command if a != "--"]:
             raise ConfigError("submit: give either --app or a command, not both")
         inputs = parse_inputs(args.input or [], args.link or [])
         splitter = parse_split(args.split)
         with opened_client(config) as client:
+            client.claim_as = claim_as
             job = client.submit(app=args.app, app_version=args.app_version, inputs=inputs,
                                 splitter=splitter, **common)
     else:
         if not command:
             raise ConfigError("submit: give the command after '--', e.g. execd submit -- echo hi")
         with opened_client(config) as client:
+            client.claim_as = claim_as
             job = client.submit(command, **common)
     print(job.id)
     return EXIT_OK
+
+
+def _claim_as(args: argparse.Namespace) -> tuple[str, bytes] | None:
+    """The client and secret that sign the job (``--client``, ``--claim-secret-file``)."""
+    if not args.client and not args.claim_secret_file:
+        return None
+    if not args.client or not args.claim_secret_file:
+        raise ConfigError("submit: a signed job needs both --client and --claim-secret-file "
+                          "($EXECD_CLIENT, $EXECD_CLAIM_SECRET_FILE)")
+    try:
+        secret = read_secret_file(Path(args.claim_secret_file), required=True)
+    except ValueError as exc:
+        raise ConfigError(f"submit: --claim-secret-file: {exc}") from None
+    assert secret is not None
+    return args.client, secret
 
 
 def cmd_jobs(config: EngineConfig, args: argparse.Namespace) -> int:

@@ -11,19 +11,32 @@ Typical use::
                                     hook=manager.hook.execd_map_owner)
     if resolver is not None:
         account = resolver.account_for(job_document)   # raises OwnerRefused
+
+A client of ``[identity] [[clients]]`` signs its jobs' owners (:func:`sign_claim`); the engine
+checks the claim (:func:`check_claim`, which raises OwnerRefused too) before it maps the owner.
 """
 
 from execution_engine.identity.accounts import Account
-from execution_engine.identity.config import IdentitySection, parse_identity_section
+from execution_engine.identity.claims import check_claim, sign_claim
+from execution_engine.identity.config import (
+    ClaimClient,
+    IdentitySection,
+    parse_identity_section,
+    read_secret_file,
+)
 from execution_engine.identity.factory import check_privilege, resolver_from_config
 from execution_engine.identity.resolver import AccountResolver, OwnerRefused
 
 __all__ = [
     "Account",
     "AccountResolver",
+    "ClaimClient",
     "IdentitySection",
     "OwnerRefused",
+    "check_claim",
     "check_privilege",
     "parse_identity_section",
+    "read_secret_file",
     "resolver_from_config",
+    "sign_claim",
 ]

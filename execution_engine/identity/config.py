@@ -2,8 +2,9 @@
 
 :func:`parse_identity_section` turns the configobj section (already validated against the
 configspec) into an :class:`IdentitySection` and checks what the configspec cannot: keys that
-must go together, the regular expression and its template, the pools, and the groups named.
-Every error is a ValueError whose message starts with ``[identity] <key>``, which
+must go together, the regular expression and its template, the pools, the groups named, and
+the clients that sign their jobs' owners (their secret files are read here, with the
+configuration). Every error is a ValueError whose message starts with ``[identity] <key>``, which
 :mod:`execution_engine.config` turns into a ConfigError naming the file.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import stat
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from typing import Any
 
 MAPPINGS = ("off", "map", "pattern", "pool", "hook")
 POOL_KEYS = ("project", "group")
+MIN_SECRET_BYTES = 32
+"""The shortest secret a client may sign with (after whitespace is stripped)."""
 
 #: What an account name made from an owner (pattern mode) must look like: the portable subset
 #: of useradd's names. An owner controls part of such a name, so nothing else gets through.
@@ -39,7 +43,24 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "min_uid": 1000,
     "groups": [],
     "group_access": "",
+    "require_claim": False,
+    "clients": {},
 })
+
+
+@dataclass(frozen=True)
+class ClaimClient:
+    """A client (a portal) that signs its jobs' owners: ``[identity] [[clients]] [[[name]]]``."""
+
+    name: str
+    secret: bytes | None = field(repr=False)
+    """The shared secret (the secret file's content, whitespace stripped); None in a process
+    that may not read the file (an operator's client command): only the daemon needs it.
+    Never shown: not in ``repr``, never in a message."""
+    owners: str = ".*"
+    """A regular expression the whole owner of each of its jobs must match."""
+    projects: tuple[str, ...] = ()
+    """The projects its jobs may name (the engine's default project included); empty: any."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,10 @@ class IdentitySection:
     """When not empty: the account must be a member of one of these groups."""
     group_access: str = ""
     """A group given read access to job directories (mode 0750); empty: none (mode 0700)."""
+    require_claim: bool = False
+    """Every job must carry a valid owner claim of one of :attr:`clients` (mapping on)."""
+    clients: Mapping[str, ClaimClient] = field(default_factory=dict)
+    """The clients that sign their jobs' owners, by name (``identity/claims.py``)."""
 
     @property
     def enabled(self) -> bool:
@@ -109,6 +134,11 @@ def parse_identity_section(section: Mapping[str, Any], base: Path) -> IdentitySe
     if group_access:
         _check_group(group_access, "group_access")
     map_file = _map_file(str(values["map_file"]), base, required=mapping == "map")
+    clients = _clients(values["clients"], base)
+    require_claim = bool(values["require_claim"])
+    if require_claim and mapping != "off" and not clients:
+        raise ValueError("[identity] require_claim: on, but [[clients]] names no client whose "
+                         "claims a job could carry")
     return IdentitySection(
         mapping=mapping,
         map_file=map_file,
@@ -121,6 +151,8 @@ def parse_identity_section(section: Mapping[str, Any], base: Path) -> IdentitySe
         min_uid=min_uid,
         groups=groups,
         group_access=group_access,
+        require_claim=require_claim,
+        clients=clients,
     )
 
 
@@ -223,3 +255,79 @@ def _check_group(name: str, key: str) -> None:
         grp.getgrnam(name)
     except (KeyError, ValueError):  # ValueError: a name with a NUL byte
         raise ValueError(f"[identity] {key}: no group {name!r} on this host") from None
+
+
+def _clients(raw: Any, base: Path) -> dict[str, ClaimClient]:
+    clients: dict[str, ClaimClient] = {}
+    for name, values in dict(raw or {}).items():
+        where = f"[identity] [[clients]] [[[{name}]]]"
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where}: a client is a sub-section (secret_file, owners, "
+                             f"projects), not a value")
+        owners = str(values.get("owners", ".*"))
+        try:
+            re.compile(owners)
+        except re.error as exc:
+            raise ValueError(f"{where} owners: {owners!r} is not a valid regular expression: "
+                             f"{exc}") from None
+        projects = values.get("projects", [])
+        projects = [projects] if isinstance(projects, str) else projects
+        value = str(values.get("secret_file", ""))
+        if not value:
+            raise ValueError(f"{where} secret_file: missing; a client signs with a secret "
+                             f"that only it and the daemon may read")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else (base / path).resolve()
+        try:
+            secret = read_secret_file(path)
+        except ValueError as exc:
+            raise ValueError(f"{where} secret_file: {exc}") from None
+        # A plain dict of frozen dataclasses: the configuration is pickled to the actors.
+        clients[str(name)] = ClaimClient(name=str(name), secret=secret, owners=owners,
+                                         projects=tuple(str(p) for p in projects if p))
+    return clients
+
+
+def read_secret_file(path: Path, *, required: bool = False) -> bytes | None:
+    """The secret in ``path``, whitespace stripped; None when this process is not root and
+    may not read it (and ``required`` is false): only the daemon needs a client's secret.
+
+    Raises ValueError, without the secret, when the file is not a regular file, when an
+    account other than root and this process's may read or change it (owner, or any mode bit
+    for group or others), or when it holds fewer than :data:`MIN_SECRET_BYTES` bytes."""
+    daemon_only = not required and os.geteuid() != 0
+    try:
+        path.stat()
+        if daemon_only and not os.access(path, os.R_OK):
+            return None
+    except PermissionError:
+        if daemon_only:  # a folder on the way this process may not search
+            return None
+        raise ValueError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        # The checks below are of the file opened, wherever a link on the way leads.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
+            raise ValueError(
+                f"{path} may be read or changed by others than root and this process's "
+                f"account (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): it "
+                f"holds a client's secret (chmod 600 {path})")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            data = stream.read(1 << 16)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    secret = data.strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"{path} holds {len(secret)} bytes; a secret needs at least "
+                         f"{MIN_SECRET_BYTES} (e.g. openssl rand -hex 32 > {path})")
+    return secret
