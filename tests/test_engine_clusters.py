@@ -337,7 +337,7 @@ class SlowToAnswer({cls}):
 
     def run(self, job):
         submission = super().run(job)
-        time.sleep(0.3)
+        time.sleep(1.5)
         return submission
 """
 PACED_RULE = """
@@ -354,14 +354,15 @@ def paced(job):
 
 
 def kill_while_a_submission_is_in_doubt(daemon: Engine, target: Target, ids: list[Any]) -> None:
-    """SIGKILL the whole engine once more jobs are at the scheduler than are recorded."""
+    """SIGKILL the whole engine once more jobs are at the scheduler than are recorded (or once
+    every job is recorded: there is no window left to kill it in)."""
     tags = [tag(i) for i in ids]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         at_scheduler = len(target.scheduler_jobs(tags))
         recorded = daemon.store.jobs.count_documents({"_id": {"$in": ids},
                                                       "native_id": {"$exists": True}})
-        if at_scheduler >= 3 and at_scheduler > recorded:
+        if (at_scheduler >= 3 and at_scheduler > recorded) or recorded == len(ids):
             break
         time.sleep(0.02)
     daemon.kill_all()
@@ -383,8 +384,9 @@ def test_engine_killed_mid_run_loses_and_repeats_nothing(
     not recorded yet: after a restart they are found by their tag, not submitted again.
 
     A routing rule taking 0.1 s per job spreads the Submit actor's batch over seconds, and the
-    system answers 0.3 s after the scheduler queued each job (a drop-in subclass of the real
-    system: a slow scheduler), so that the engine dies inside that window."""
+    system answers 1.5 s after the scheduler queued each job (a drop-in subclass of the real
+    system: a slow scheduler), so that the engine dies inside that window. Should the kill
+    land just after a record all the same, the engine is started and killed again."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "paced.py").write_text(PACED_RULE)
@@ -396,7 +398,7 @@ def test_engine_killed_mid_run_loses_and_repeats_nothing(
     slow = Target(target.kind, target.cluster, target.options, system_class=f"slow-{target.kind}")
     daemon = engine_factory(slow.config(rules_dir=rules, systems_dir=systems))
     ledger = tmp_path / "ledger"
-    ids = counted_jobs(daemon, ledger, 40, sleep=0.5)
+    ids = counted_jobs(daemon, ledger, 20, sleep=0.5)
     in_doubt: list[Any] = []
     for _ in range(3):  # the kill can land just after a record: then the engine is tried again
         kill_while_a_submission_is_in_doubt(daemon, target, ids)
