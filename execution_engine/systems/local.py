@@ -8,8 +8,9 @@
   ``F_OFD_SETLK``), held by the job script's process on one descriptor however many slots it
   holds: it is given back by the kernel when the job ends, however it ends, even when the
   daemon is dead. Several Submit actors and several daemons sharing a state directory therefore
-  never overrun the host. A job asking for cores is pinned to as many CPUs, chosen from its
-  slots (:func:`~execution_engine.systems.local_limits.cpus_for`).
+  never overrun the host (:mod:`~execution_engine.systems.local_slots`). A job asking for cores
+  is pinned to as many CPUs, chosen from its slots
+  (:func:`~execution_engine.systems.local_limits.cpus_for`).
 * The native id is ``<pid>:<start time>`` (start time in clock ticks since boot, from
   ``/proc``): a recycled pid is never mistaken for the job.
 * A kill signals a process group only when it is the job's own (:func:`job_process`): the
@@ -22,11 +23,11 @@
 * Usage: the process that started a job watches it through a pidfd too and reaps it the moment
   it exits, with ``wait4``; it sends the rusage (wall, user and system CPU, largest resident set
   of the script and the processes it waited for, the signal that ended it) as one line through
-  the FIFO ``ended`` of the state directory (:class:`UsageChannel`; a file per job would cost
-  what the job does). The Status actor reports an ended job once its line is there (waiting
-  :data:`USAGE_WAIT` for it, then woken by its arrival), or :data:`USAGE_PATIENCE` seconds
-  after the end when no line comes (the starter is gone: a restart). The job script therefore
-  runs the command without GNU time (``EXECD_USAGE``).
+  the FIFO ``ended`` of the state directory (:mod:`~execution_engine.systems.local_usage`; a
+  file per job would cost what the job does). The Status actor reports an ended job once its
+  line is there (waiting :data:`USAGE_WAIT` for it, then woken by its arrival), or
+  :data:`USAGE_PATIENCE` seconds after the end when no line comes (the starter is gone: a
+  restart). The job script therefore runs the command without GNU time (``EXECD_USAGE``).
 * Limits: a job over its ``walltime_s`` gets TERM on its process group, KILL ``kill_grace``
   seconds later, and ends with reason ``walltime_exceeded`` (``.execd/limit`` records it before
   the signal, so that a restarted actor carries on). ``memory_mb`` is enforced by the kernel's
@@ -47,21 +48,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import logging
 import os
 import resource
 import select
 import signal
-import stat
-import struct
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
-from execution_engine.errors import NoCapacity, SubmissionRejected
+from execution_engine.errors import SubmissionRejected
 from execution_engine.jobscript import NO_LIMIT_EXIT, SLOT_FD, USAGE_ENV
 from execution_engine.proc import is_running, process_start_time
 from execution_engine.reasons import Reason
@@ -81,13 +78,17 @@ from execution_engine.systems.base import (
 )
 from execution_engine.systems.local_launch import SETPRIV, Launch, is_job_command_line
 from execution_engine.systems.local_limits import MemoryMethod
+from execution_engine.systems.local_slots import SlotPool
+from execution_engine.systems.local_usage import (
+    PidWatcher,
+    UsageChannel,
+    parse_usage_line,
+    signal_name,
+    usage_line,
+)
 
 log = logging.getLogger(__name__)
 
-
-WAIT_PATIENCE = 0.05
-"""Seconds without a free slot after which a submission's wait counts as long
-(:attr:`ExecutionSystem.before_waiting` is called)."""
 
 USAGE_PATIENCE = 2.0
 """Seconds an ended job's report waits for its usage record (written when the process that
@@ -108,9 +109,6 @@ USAGE_WAIT = 0.02
 
 USAGE_KEPT = 600.0
 """Seconds the usage of a job the Status actor does not follow is kept for it."""
-
-_OFD_LOCK = struct.Struct("hhqqi")
-"""``struct flock`` of Linux (64-bit ``off_t``), for ``F_OFD_SETLK``."""
 
 
 def parse_native_id(native_id: str) -> tuple[int, int]:
@@ -143,288 +141,6 @@ def job_process(job: JobSpec) -> int | None:
             and is_job_command_line(_command_line(pid) or [], job.script))
     # Checked again last: the same process all along, not one that took a freed pid meanwhile.
     return pid if ours and is_running(pid, start) else None
-
-
-class Held(NamedTuple):
-    """Slots taken: the descriptor holding their locks, and which they are."""
-
-    fd: int
-    indexes: tuple[int, ...]
-
-
-class SlotPool:
-    """``count`` host-wide slots: slot ``i`` is a lock on byte ``i`` of ``<directory>/lock``.
-
-    The locks are open-file-description locks (``F_OFD_SETLK``): they belong to the open file,
-    not to a process, so they pass to the job script with its descriptor (``posix_spawn``
-    keeps it open), are not dropped when another descriptor of the same file is closed, and are
-    freed by the kernel once the last descriptor of that open file is gone: when the job ends.
-    Any number of slots of one job are held on one descriptor."""
-
-    LOCK_FILE = "lock"
-
-    def __init__(self, directory: Path, count: int) -> None:
-        self.directory = directory
-        self.count = count
-        self._next = 0
-        self._path = directory / self.LOCK_FILE
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def take(self, count: int = 1) -> Held | None:
-        """``count`` free slots on one new descriptor (close-on-exec), or None when fewer are
-        free. Slots are tried round-robin from the one after the last taken, so consecutive
-        jobs get different slots (and CPUs)."""
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        taken: list[int] = []
-        for i in range(self.count):
-            index = (self._next + i) % self.count
-            if _lock_byte(fd, index):
-                taken.append(index)
-                if len(taken) == count:
-                    self._next = (index + 1) % self.count
-                    return Held(fd, tuple(taken))
-        os.close(fd)  # gives back the ones taken
-        return None
-
-    def try_acquire(self) -> int | None:
-        """A descriptor holding one free slot's lock, or None when all are taken."""
-        held = self.take(1)
-        return None if held is None else held.fd
-
-    def acquire(self, wait: float, sleep: Callable[[float], object] = time.sleep, *,
-                before_waiting: Callable[[], object] = lambda: None, count: int = 1) -> Held:
-        """``count`` free slots, waiting up to ``wait`` seconds for them; raises NoCapacity.
-
-        ``sleep(seconds)`` waits between attempts; the Local system passes one that returns as
-        soon as one of its own jobs exits (slots freed by other processes are seen at the next
-        attempt, at most 10 ms later). ``before_waiting()`` is called once, when no slot has
-        been free for :data:`WAIT_PATIENCE` seconds (a wait for a trivial job's slot is not
-        worth telling).
-        """
-        started = time.monotonic()
-        deadline = started + wait
-        delay = 0.0005
-        told = False
-        while True:
-            held = self.take(count)
-            if held is not None:
-                return held
-            if not told and time.monotonic() - started >= WAIT_PATIENCE:
-                before_waiting()
-                told = True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NoCapacity("local", f"all {self.count} slots are busy" if count == 1
-                                 else f"{count} of the {self.count} slots are not free")
-            sleep(min(delay, left))
-            delay = min(delay * 2, 0.01)
-
-
-def _lock_byte(fd: int, index: int) -> bool:
-    """Take the lock on byte ``index`` of ``fd``'s file for ``fd``'s open file; False when
-    another open file holds it."""
-    request = _OFD_LOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, index, 1, 0)
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
-Reaped = Callable[[int, int, resource.struct_rusage], None]
-"""Called with the pid, wait status and rusage of each child a reaping watcher collects."""
-
-
-class PidWatcher:
-    """pidfds of job processes in one epoll set.
-
-    ``reap=True`` (in the process that started the jobs) collects each exited child at once from a
-    background thread with ``wait4``, so no zombie is left, and hands its rusage to
-    ``on_reaped``; otherwise the epoll descriptor only tells a waiting Status actor that a job
-    ended (or, through :meth:`listen`, that a reaper sent the usage of one).
-    """
-
-    def __init__(self, reap: bool, on_reaped: Reaped | None = None) -> None:
-        self._epoll = select.epoll()
-        self._fds: dict[int, int] = {}  # pidfd -> pid
-        self._by_pid: dict[int, int] = {}
-        self._lock = threading.Lock()
-        self._reap = reap
-        self._on_reaped = on_reaped
-        self._thread: threading.Thread | None = None
-        self._exited = threading.Condition()
-        self._fifo: int | None = None
-
-    def fileno(self) -> int:
-        return self._epoll.fileno()
-
-    def listen(self, fd: int | None) -> None:
-        """Wake on ``fd`` too (the read end of the usage FIFO, which the caller reads), or on
-        nothing more (None); the descriptor stays the caller's."""
-        if self._fifo is not None:
-            self._epoll.unregister(self._fifo)
-        self._fifo = fd
-        if fd is not None:
-            self._epoll.register(fd, select.EPOLLIN)
-
-    def watch(self, pid: int) -> bool:
-        """Watch ``pid``; False when it is already gone."""
-        with self._lock:
-            if pid in self._by_pid:
-                return True
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                return False
-            self._fds[fd] = pid
-            self._by_pid[pid] = fd
-            self._epoll.register(fd, select.EPOLLIN)
-        if self._reap and self._thread is None:
-            self._thread = threading.Thread(target=self._reap_loop, name="local-reaper",
-                                            daemon=True)
-            self._thread.start()
-        return True
-
-    def watched(self) -> set[int]:
-        with self._lock:
-            return set(self._by_pid)
-
-    def forget(self, pid: int) -> None:
-        with self._lock:
-            fd = self._by_pid.pop(pid, None)
-            if fd is None:
-                return
-            del self._fds[fd]
-            self._epoll.unregister(fd)
-            os.close(fd)
-
-    def drain(self) -> list[int]:
-        """The pids that exited since the last call (non-blocking)."""
-        return [self._fds[fd] for fd, _ in self._epoll.poll(0) if fd in self._fds]
-
-    def _reap_loop(self) -> None:
-        while True:
-            try:
-                events = self._epoll.poll(1.0)
-            except (ValueError, OSError):  # closed by close(): the system is going away
-                return
-            for fd, _ in events:
-                with self._lock:
-                    pid = self._fds.get(fd)
-                if pid is None:
-                    continue
-                self._collect(pid)
-                self.forget(pid)
-                with self._exited:
-                    self._exited.notify_all()
-
-    def _collect(self, pid: int) -> None:
-        """Reap the exited child ``pid`` and pass on its rusage."""
-        try:
-            _, status, usage = os.wait4(pid, 0)  # it has exited: this does not block
-        except ChildProcessError:  # not ours to reap (or already reaped)
-            return
-        if self._on_reaped is None:
-            return
-        try:
-            self._on_reaped(pid, status, usage)
-        except Exception:  # the reaper must go on: a lost usage record is not worth a zombie
-            log.exception("cannot record the usage of process %d", pid)
-
-    def wait_exit(self, timeout: float) -> None:
-        """Sleep until one of the watched children is reaped, or ``timeout`` seconds pass."""
-        with self._exited:
-            self._exited.wait(timeout)
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._fds:
-                os.close(fd)
-            self._fds.clear()
-            self._by_pid.clear()
-            self._fifo = None
-        self._epoll.close()
-
-
-class UsageChannel:
-    """The FIFO ``<state_dir>/ended``, from the processes that reap jobs to the Status actor:
-    one line per reaped job, ``<native id> wall=... user=... sys=... maxrss_kb=...
-    [signal=SIG...]`` (:func:`usage_line`). A line is shorter than ``PIPE_BUF``, so lines of
-    several writers never mix. The line is the usage record, and its arrival wakes the Status
-    actor when it is listening: no file is made per job (a file creation costs about as much
-    as starting a trivial job). A line that cannot be sent (no reader yet, the pipe full) is
-    written as the job's ``.execd/usage`` file instead."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: int | None = None
-        try:
-            os.mkfifo(path, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            log.warning("cannot make the FIFO %s: usage is recorded in files: %s", path, exc)
-
-    def open_reader(self) -> int | None:
-        """The read end, non-blocking; opened read-write so that it never reads as hung up
-        when no reaper has it open. None when the path is not a FIFO."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        return fd
-
-    def send(self, line: str) -> bool:
-        """Write ``line`` to the reader; False when there is none or its pipe is full."""
-        data = line.encode()
-        if len(data) > select.PIPE_BUF:
-            return False
-        try:
-            if self._writer is None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    return False
-                self._writer = fd
-            return os.write(self._writer, data) == len(data)
-        except BlockingIOError:  # full: the reader is behind
-            return False
-        except OSError:  # no reader now (ENXIO, EPIPE), or no FIFO
-            self.close()
-            return False
-
-    def close(self) -> None:
-        if self._writer is not None:
-            os.close(self._writer)
-            self._writer = None
-
-
-def usage_line(native_id: str, status: int, usage: resource.struct_rusage, wall: float) -> str:
-    """The line :class:`UsageChannel` carries for a reaped job (``status``: its wait status)."""
-    fields = [native_id, f"wall={wall:.3f}", f"user={usage.ru_utime:.3f}",
-              f"sys={usage.ru_stime:.3f}", f"maxrss_kb={usage.ru_maxrss}"]
-    if os.WIFSIGNALED(status):
-        fields.append(f"signal={_signal_name(os.WTERMSIG(status))}")
-    return " ".join(fields) + "\n"
-
-
-def parse_usage_line(line: str) -> tuple[str, Usage] | None:
-    """The native id and usage a :func:`usage_line` says, or None when it is not one."""
-    native_id, *fields = line.split()
-    figures: dict[str, str] = dict(f.partition("=")[::2] for f in fields)
-    try:
-        user, system = float(figures["user"]), float(figures["sys"])
-        usage = Usage(wall_s=float(figures["wall"]), cpu_s=round(user + system, 3),
-                      max_rss_mb=round(int(figures["maxrss_kb"]) / 1024, 1),
-                      signal=figures.get("signal"))
-    except (KeyError, ValueError):
-        return None
-    return native_id, usage
 
 
 class LocalSystem(ExecutionSystem):
@@ -807,7 +523,7 @@ class LocalSystem(ExecutionSystem):
         """The signal that ended the job: from its exit code (the command's, above 128), else
         the one that killed the script itself, as its reaper said."""
         if code is not None:
-            return _signal_name(code - 128) if code > 128 else None
+            return signal_name(code - 128) if code > 128 else None
         if received is not None:
             return received.signal
         text = records.read_record(job.job_dir, USAGE_NAME) or ""
@@ -1024,13 +740,6 @@ def _positive(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _cgroup_folder_name(system: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from execution_engine.systems.local import SlotPool
+from execution_engine.systems.local_slots import SlotPool
 
 BUSY_SYSTEM = """\
     [[busy]]
