@@ -98,8 +98,11 @@ fi
 prov_tmp_init
 forbid_service_starts
 # Job scripts record what each job used with GNU time (/usr/bin/time) where it is installed.
-step "job tools: GNU time"
-apt_install time
+# Jobs run as their owners' accounts through setpriv and runuser (util-linux); the identity
+# tests make those accounts with useradd (passwd) and end what is left of them with pkill
+# (procps).
+step "job tools: GNU time, util-linux, passwd, procps"
+apt_install time util-linux passwd procps
 want sge && sge_provision
 want slurm && slurm_provision
 allow_service_starts
