@@ -177,8 +177,9 @@ class Actor(ABC):
 
     def accounts(self) -> AccountResolver | None:
         """How job owners become local accounts (``[identity]``), made at first use; None when
-        jobs run as the daemon's own account. A map file is read here, so a reload (which
-        starts new actors) takes a changed file for the jobs built and submitted after it."""
+        jobs run as the daemon's own account. A map file's table comes with the configuration
+        (read at start and at each reload, which starts new actors), so a changed file applies
+        to the jobs built and submitted after the reload."""
         if self._accounts is None and self.config.identity.enabled:
             self._accounts = resolver_from_config(
                 self.config.identity, leases=self.store.db[ACCOUNT_LEASES],
