@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 from execution_engine.identity import Account
 from tests.conftest import Engine
 from tests.support.accounts import LocalAccounts, write_map
+from tests.support.local_slots import BUSY_SYSTEM, hold_local_slot
 from tests.test_apps_e2e import add_app
 
 ALICE = "alice@test.example"
@@ -303,3 +305,43 @@ def test_group_access_lets_a_portal_group_read_job_directories(
     info = Path(doc["job_dir"]).stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
         a.uid, grp.getgrnam(portal).gr_gid, 0o750)
+
+
+def test_a_reload_between_build_and_submission_never_runs_a_job_as_another_account(
+        engine_factory: Callable[..., Engine], local_accounts: LocalAccounts,
+        open_jobs_dir: Path, tmp_path: Path) -> None:
+    """A job built for Alice's account waits for a slot; a reload then maps Alice to Bob's
+    account; another, built for Bob's, waits while a reload turns mapping off. Neither runs as
+    the other account nor as the daemon (root): both end no_account, saying why."""
+    a, b = local_accounts.account("a"), local_accounts.account("b")
+    map_file = tmp_path / "owners.map"
+    write_map(map_file, {ALICE: a.name})
+    engine = engine_factory(f"[identity]\nmapping = map\nmap_file = {map_file}\n\n"
+                            "[systems]\n[[local]]\nclass = local\n"
+                            + textwrap.dedent(BUSY_SYSTEM),
+                            start=False, jobs_dir=open_jobs_dir)
+    engine.start()
+
+    def built_then_reloaded(built_for: Account, change: Callable[[], None]) -> dict[str, Any]:
+        slot = hold_local_slot(engine.state_dir, "busy")
+        try:
+            job = engine.submit("id", "-u", owner=ALICE, project="busy", notify=False)
+            engine.wait_for(lambda: engine.store.jobs.count_documents(
+                {"_id": job, "state": "to be submitted", "account.name": built_for.name}) == 1,
+                what="the job built, waiting for the slot")
+            change()
+            engine.cli("reload")
+        finally:
+            os.close(slot)
+        (doc,) = engine.wait_ended([job])
+        assert (doc["state"], doc["reason"]) == ("error", "no_account"), doc
+        assert not Path(doc["job_dir"], "job.stdout").exists(), "the job ran"
+        return doc
+
+    remapped = built_then_reloaded(a, lambda: write_map(map_file, {ALICE: b.name}))
+    assert (f"now maps to account {b.name}, but its job directory was built for account "
+            f"{a.name}") in remapped["status_message"]
+    config = engine.config_path.read_text()
+    unmapped = built_then_reloaded(b, lambda: engine.config_path.write_text(
+        config.replace("mapping = map", "mapping = off")))
+    assert "[identity] mapping is now off" in unmapped["status_message"]

@@ -211,14 +211,18 @@ class SubmitActor(Actor):
 
     def _account(self, job: Job) -> Account | None:
         """The account the job runs as: its owner's now, which must be the one its directory
-        was built for (a reload may have changed the mapping since: the job would not reach
-        its own files). Raises NoAccount."""
+        was built for (a reload may have changed the mapping since, or turned it off: the job
+        would not reach its own files, or would run as the daemon). Raises NoAccount."""
         account = self.account_of(job)
         built_for = job.doc.get("account")
-        if account is not None and (not isinstance(built_for, Mapping)
-                                    or built_for.get("uid") != account.uid):
-            was = (f"account {built_for.get('name')}" if isinstance(built_for, Mapping)
-                   else "the daemon's own account")
+        was = (f"account {built_for.get('name')}" if isinstance(built_for, Mapping)
+               else "the daemon's own account")
+        if account is None:
+            if isinstance(built_for, Mapping):
+                raise NoAccount(job.id, f"the job was built to run as {was}, but [identity] "
+                                        "mapping is now off")
+            return None
+        if not isinstance(built_for, Mapping) or built_for.get("uid") != account.uid:
             raise NoAccount(job.id, f"owner {job.owner!r} now maps to account {account.name}, "
                                     f"but its job directory was built for {was}")
         return account
