@@ -20,7 +20,7 @@ from execution_engine.errors import ConfigError, SubmissionRejected, SystemUnava
 from execution_engine.plugins import system_options
 from execution_engine.states import JobState
 from execution_engine.systems import accounting, drmaa_base, ogs, slurm, torque
-from execution_engine.systems.base import PID_NAME, ExecutionSystem, Resources, Usage
+from execution_engine.systems.base import PID_NAME, USAGE_NAME, ExecutionSystem, Resources, Usage
 from execution_engine.systems.batch import (
     forgotten_id,
     looks_transient,
@@ -485,6 +485,20 @@ def test_slurm_completed_job_is_finished_whatever_its_state(tmp_path: Path) -> N
     job.exit_code_file.write_text("0\n")  # it completed as the limit came
     report = system.get_statuses([job])[job.job_id]
     assert (report.state, report.reason) == (JobState.FINISHED, None)
+
+
+def test_a_job_ended_before_slurm_noticed_keeps_its_node_not_slurms_forecast_end(
+        tmp_path: Path) -> None:
+    """The script recorded exit 0 while squeue still says RUNNING (its end column then is the
+    time limit's forecast): finished at once, on squeue's node, with the wall time the job
+    itself recorded (GNU time), never start-to-forecast."""
+    system = squeue_says(tmp_path, SQUEUE_RUNNING)
+    job = replace(make_job(tmp_path, ["true"]), native_id="4")
+    job.exit_code_file.write_text("0\n")
+    (job.job_dir / USAGE_NAME).write_text("wall=1.50\nuser=0.20\nsys=0.10\nmaxrss_kb=2048\n")
+    report = system.get_statuses([job])[job.job_id]
+    assert report.state is JobState.FINISHED
+    assert report.usage == Usage(wall_s=1.5, cpu_s=0.3, max_rss_mb=2.0, node="vm")
 
 
 def test_jobs_squeue_forgot_are_explained_by_one_jobcomp_call(tmp_path: Path) -> None:

@@ -257,9 +257,9 @@ def _joined(who: str, said: str, how: str) -> str:
     return f"{who} {said}, {how}" if said else f"{who}, {how}"
 
 
-def early_end_report(job: JobSpec) -> StatusReport | None:
+def early_end_report(job: JobSpec, node: str | None = None) -> StatusReport | None:
     """The final report of a job whose script has recorded its exit code while the scheduler
-    still lists it as live, or None to wait for the scheduler.
+    still lists it as live (on ``node``, when it says), or None to wait for the scheduler.
 
     A code the command exited with by itself (up to 128) is final at once. A code meaning "ended
     by a signal" (over 128) waits for the scheduler's own end state, which says whether the job
@@ -267,7 +267,7 @@ def early_end_report(job: JobSpec) -> StatusReport | None:
     code = read_exit_code(job)
     if code is None or code > 128:
         return None
-    return ended_report(job)
+    return ended_report(job, usage=None if node is None else Usage(node=node))
 
 
 def describe_exit_code(code: int) -> str:

@@ -441,7 +441,10 @@ class BatchSystem(ExecutionSystem):
             told = JobState.ERROR if state is JobState.FINISHED and evidence.said else state
             return ended_report(job, said, told, reason=evidence.reason,
                                 usage=evidence.usage)
-        early = early_end_report(job)  # the script has recorded its end; the scheduler not yet
+        # The script has recorded its end; the scheduler not yet. Of what the scheduler says
+        # of a job it still runs, only the node holds (an end time would be a forecast).
+        seen = evidence.usage if evidence is not None else None
+        early = early_end_report(job, seen.node if seen is not None else None)
         if early is not None:
             return early
         if state is None:
