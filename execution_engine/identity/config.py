@@ -232,23 +232,64 @@ def _map_file(value: str, base: Path, *, required: bool) -> Path | None:
 
 def _read_map_file(path: Path) -> dict[str, str]:
     """The table of a map file, refused when another account could rewrite the file (it
-    decides who runs as whom) or when it does not read as a map."""
-    from execution_engine.identity.mapping import read_map_file  # it imports this module
+    decides who runs as whom) or when it does not read as a map; empty in a client command of
+    an operator who may not read it (only the daemon, root with identity on, needs it)."""
+    from execution_engine.identity.mapping import parse_map  # it imports this module
 
     try:
-        info = path.stat()
-        if os.geteuid() != 0 and not os.access(path, os.R_OK):
-            # A client command of an operator who may not read the map: only the daemon, which
-            # runs as root with identity on (check_privilege), needs the table.
-            return {}
-    except OSError as exc:
+        data = read_guarded_file(path, others_may_not=0o022, holds="decides who runs as whom")
+    except ValueError as exc:
+        raise ValueError(f"[identity] map_file: {exc}") from None
+    if data is None:
+        return {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ValueError(f"[identity] map_file: cannot read {path}: {exc}") from None
-    if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
-        raise ValueError(f"[identity] map_file: {path} may be changed by others than root and "
-                         f"the daemon's account (owner uid {info.st_uid}, mode "
-                         f"{info.st_mode & 0o777:o}): it decides who runs as whom")
-    return dict(read_map_file(path))
+    return dict(parse_map(text, path))
 
+
+def read_guarded_file(path: Path, *, others_may_not: int, holds: str, required: bool = False,
+                      limit: int = -1) -> bytes | None:
+    """The content of ``path`` (at most ``limit`` bytes), a file that decides what the daemon
+    does; None when this process is not root and may not read it (and ``required`` is false):
+    an operator's client command reads the configuration too, and only the daemon needs it.
+
+    Raises ValueError, without the content, when the file cannot be read, is not a regular
+    file, or is owned by an account other than root and this process's, or has any of the
+    mode bits ``others_may_not``; ``holds`` says in that message what is at stake. The checks
+    are of the file opened (wherever a link on the way leads), opened without blocking (a FIFO
+    never hangs the reader)."""
+    daemon_only = not required and os.geteuid() != 0
+    try:
+        path.stat()
+        if daemon_only and not os.access(path, os.R_OK):
+            return None
+    except PermissionError:
+        if daemon_only:  # a folder on the way this process may not search
+            return None
+        raise ValueError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & others_may_not:
+            what = "read or changed" if others_may_not & 0o044 else "changed"
+            raise ValueError(
+                f"{path} may be {what} by others than root and this process's account (owner "
+                f"uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): it {holds}")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            return stream.read(limit)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 def _check_group(name: str, key: str) -> None:
     try:
@@ -295,37 +336,10 @@ def read_secret_file(path: Path, *, required: bool = False) -> bytes | None:
     Raises ValueError, without the secret, when the file is not a regular file, when an
     account other than root and this process's may read or change it (owner, or any mode bit
     for group or others), or when it holds fewer than :data:`MIN_SECRET_BYTES` bytes."""
-    daemon_only = not required and os.geteuid() != 0
-    try:
-        path.stat()
-        if daemon_only and not os.access(path, os.R_OK):
-            return None
-    except PermissionError:
-        if daemon_only:  # a folder on the way this process may not search
-            return None
-        raise ValueError(f"cannot read {path}: permission denied") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        # The checks below are of the file opened, wherever a link on the way leads.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o077:
-            raise ValueError(
-                f"{path} may be read or changed by others than root and this process's "
-                f"account (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): it "
-                f"holds a client's secret (chmod 600 {path})")
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            data = stream.read(1 << 16)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    data = read_guarded_file(path, others_may_not=0o077, required=required, limit=1 << 16,
+                             holds=f"holds a client's secret (chmod 600 {path})")
+    if data is None:
+        return None
     secret = data.strip()
     if len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"{path} holds {len(secret)} bytes; a secret needs at least "

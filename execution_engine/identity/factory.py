@@ -23,8 +23,8 @@ def resolver_from_config(section: IdentitySection, *, leases: Collection[Any] | 
 
     ``leases``: the MongoDB collection of pool leases (needed by ``pool``); ``hook``: the hook
     caller ``plugin_manager.hook.execd_map_owner`` (needed by ``hook``). Raises ValueError when
-    what the mode needs is missing, the map file cannot be read or has a malformed line
-    (``file:line``), or a group of ``[identity] groups`` no longer exists.
+    what the mode needs is missing, or a group of ``[identity] groups`` no longer exists (the
+    map file was read, and checked, with the configuration).
     """
     if section.mapping == "off":
         return None

@@ -41,17 +41,15 @@ class MapFileResolver(AccountResolver):
             raise self._refuse(owner, f"not in {self.describe()}") from None
 
 
-def read_map_file(path: Path) -> Mapping[str, str]:
-    """The ``owner -> account`` table of a map file: one ``owner account`` pair a line
-    (whitespace separated), ``#`` comments and blank lines ignored.
+def parse_map(text: str, path: Path) -> Mapping[str, str]:
+    """The ``owner -> account`` table of the map file ``path`` (read by the configuration,
+    :func:`execution_engine.identity.config.read_guarded_file`), whose content is ``text``:
+    one ``owner account`` pair a line (whitespace separated), ``#`` comments and blank lines
+    ignored.
 
     Raises ValueError naming ``file:line`` for a line that is not exactly two words or that
     maps an owner a second time (which of the two would win is not something an administrator
-    should have to guess), and naming the file when it cannot be read."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"[identity] map_file: cannot read {path}: {exc}") from None
+    should have to guess)."""
     table: dict[str, str] = {}
     first_seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
