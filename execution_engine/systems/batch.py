@@ -333,10 +333,6 @@ class BatchSystem(ExecutionSystem):
         """Run a scheduler command with the system's timeout; raises SystemUnavailable."""
         return run_command(argv, system=self.name, timeout=self.command_timeout)
 
-    def as_account(self, job: JobSpec, argv: list[str]) -> list[str]:
-        """``argv`` run as the job's account (:func:`as_account`)."""
-        return as_account(self.name, job, argv)
-
     def is_transient(self, result: CommandResult) -> bool:
         return looks_transient(result.output, self.transient_markers)
 
@@ -351,7 +347,7 @@ class BatchSystem(ExecutionSystem):
         if not job.script.is_file():
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
         try:
-            result = self.execute(self.as_account(job, self.submit_command(job)))
+            result = self.execute(as_account(self.name, job, self.submit_command(job)))
         except SystemUnavailable:
             native_id = self._find_after_doubt(job)
             if native_id is not None:

@@ -464,11 +464,11 @@ class LocalSystem(ExecutionSystem):
             code = read_exit_code(job)
         limit = self._limit_reason(job, code)
         received = self._usages.get(job.native_id or "")
-        signal_name = self._end_signal(job, code, received and received[0])
+        ended_by = self._end_signal(job, code, received and received[0])
         if received is None:
-            usage = Usage(node=self._host, signal=signal_name)
+            usage = Usage(node=self._host, signal=ended_by)
         else:
-            usage = dataclasses.replace(received[0], node=self._host, signal=signal_name)
+            usage = dataclasses.replace(received[0], node=self._host, signal=ended_by)
             self._reported.add(job.native_id or "")
         report = ended_report(job, "(process gone)", reason=limit and limit[0], usage=usage)
         if limit is not None and report.state is not JobState.FINISHED:

@@ -201,8 +201,7 @@ class OgsSystem(DrmaaSystem):
             raise SubmissionRejected(self.name, f"job script {job.script} is missing")
         log_path = str(job.scheduler_log)
         argv = ["-terse", "-N", job.tag, "-wd", str(job.job_dir), "-o", log_path,
-                "-e", log_path, "-j", "y", *self.resource_arguments(job),
-                *shlex.split(self.extra_native_specification),
+                "-e", log_path, "-j", "y", *shlex.split(self.native_specification(job)),
                 "-b", "y", "/bin/sh", str(job.script)]
         try:
             result = self._command("qsub", *argv, job=job)
