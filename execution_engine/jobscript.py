@@ -201,8 +201,9 @@ def make_job_dir(job_dir: Path, jobs_dir: Path | None = None, *, mode: int | Non
     :func:`write_script` does) through the descriptors already open."""
     root = job_dir.parent.parent if jobs_dir is None else jobs_dir
     relative = job_dir.relative_to(root)  # ValueError: not below the root (an engine bug)
-    with safefs.opened_dirs(root, relative.as_posix(), create=True) as fd:
-        engine_fd = safefs.open_dir_at(fd, ENGINE_DIR, job_dir / ENGINE_DIR, create=True)
+    with safefs.opened_dirs(root, relative.as_posix(), create=True, new_last=True) as fd:
+        engine_fd = safefs.open_dir_at(fd, ENGINE_DIR, job_dir / ENGINE_DIR, create=True,
+                                       new=True)
         try:
             # The script first, then the folders change hands: the account never holds a
             # folder the engine still writes into by name.

@@ -65,8 +65,9 @@ def components(relative: str | PurePosixPath) -> tuple[str, ...]:
     return parts
 
 
-def _refusal(parent_fd: int, name: str, shown: Path, wanted: str) -> UnsafePathError:
-    """Why ``name`` (under ``parent_fd``) could not be opened as ``wanted``."""
+def _refusal(parent_fd: int | None, name: str, shown: Path, wanted: str) -> UnsafePathError:
+    """Why ``name`` (under ``parent_fd``; None: ``name`` is a path) could not be opened as
+    ``wanted``."""
     try:
         mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
     except OSError:
@@ -77,11 +78,17 @@ def _refusal(parent_fd: int, name: str, shown: Path, wanted: str) -> UnsafePathE
     return UnsafePathError(shown, f"is not {wanted}")
 
 
-def open_dir_at(parent_fd: int, name: str, shown: Path, *, create: bool = False,
-                mode: int = 0o777) -> int:
+def open_dir_at(parent_fd: int | None, name: str, shown: Path, *, create: bool = False,
+                mode: int = 0o777, new: bool = False) -> int:
     """A descriptor of the directory ``name`` under ``parent_fd``, made first when ``create``
-    (``mode`` less the umask); never through a symbolic link. ``shown`` is the path said in
-    errors."""
+    (``mode`` less the umask); never through a symbolic link. With ``parent_fd`` None, ``name``
+    is a path whose folders are trusted: only its last component must not be a link.
+    ``shown`` is the path said in errors. ``new`` (with ``create``) says the directory is most
+    likely not there yet: it is made before it is opened, which saves a failed lookup (what is
+    there already, a link included, is then opened as without ``new``)."""
+    if create and new:
+        with contextlib.suppress(FileExistsError):  # there already: opened (and checked) next
+            os.mkdir(name, mode, dir_fd=parent_fd)
     for attempt in (1, 2):
         try:
             return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
@@ -99,23 +106,41 @@ def open_dir_at(parent_fd: int, name: str, shown: Path, *, create: bool = False,
 
 def open_root(root: Path, *, create: bool = False) -> int:
     """A descriptor of the trusted ``root`` (links in its own path are followed: it is the
-    configuration's); made with its parents when ``create``."""
-    if create:
-        root.mkdir(parents=True, exist_ok=True)
-    return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    configuration's); made with its parents when ``create`` and missing."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(root, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+    root.mkdir(parents=True, exist_ok=True)
+    return os.open(root, flags)
 
 
 def open_dirs(root: Path, relative: str | PurePosixPath, *, create: bool = False,
-              mode: int = 0o777) -> int:
+              mode: int = 0o777, new_last: bool = False) -> int:
     """A descriptor of ``root/relative``, each component below ``root`` opened (and made, when
-    ``create``) without following a symbolic link. The caller closes it."""
+    ``create``) without following a symbolic link. ``new_last`` (with ``create``): the last
+    component is most likely not there yet (see :func:`open_dir_at`). The caller closes it."""
     parts = components(relative)
-    fd = open_root(root, create=create)
-    shown = root
+    if not parts:
+        return open_root(root, create=create)
+    # The root's own path is trusted: its first component is opened by path (the kernel
+    # follows no link at the last component with O_NOFOLLOW), which saves opening the root.
+    shown = root / parts[0]
+    first_is_last = new_last and len(parts) == 1
     try:
-        for part in parts:
+        fd = open_dir_at(None, str(shown), shown, create=create, mode=mode, new=first_is_last)
+    except FileNotFoundError:
+        if not create:
+            raise
+        root.mkdir(parents=True, exist_ok=True)
+        fd = open_dir_at(None, str(shown), shown, create=True, mode=mode, new=first_is_last)
+    try:
+        for index, part in enumerate(parts[1:], 2):
             shown = shown / part
-            child = open_dir_at(fd, part, shown, create=create, mode=mode)
+            child = open_dir_at(fd, part, shown, create=create, mode=mode,
+                                new=new_last and index == len(parts))
             os.close(fd)
             fd = child
     except BaseException:
@@ -126,9 +151,9 @@ def open_dirs(root: Path, relative: str | PurePosixPath, *, create: bool = False
 
 @contextlib.contextmanager
 def opened_dirs(root: Path, relative: str | PurePosixPath, *, create: bool = False,
-                mode: int = 0o777) -> Iterator[int]:
+                mode: int = 0o777, new_last: bool = False) -> Iterator[int]:
     """:func:`open_dirs` as a context manager (the descriptor is closed on leaving)."""
-    fd = open_dirs(root, relative, create=create, mode=mode)
+    fd = open_dirs(root, relative, create=create, mode=mode, new_last=new_last)
     try:
         yield fd
     finally:
@@ -143,19 +168,28 @@ def write_file_at(dir_fd: int, name: str, data: bytes, shown: Path, *, mode: int
     elsewhere); the check is made on the opened file, before anything is truncated."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(name, flags, mode, dir_fd=dir_fd)
+        # Most files are new: made exclusively, they are regular, unlinked elsewhere and
+        # empty, with nothing to check (O_EXCL fails on anything there, a link included).
+        fd = os.open(name, flags | os.O_EXCL, mode, dir_fd=dir_fd)
+        fresh = True
+    except FileExistsError:
+        fresh = False
+    try:
+        if not fresh:
+            fd = os.open(name, flags, mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
             raise _refusal(dir_fd, name, shown, "a regular file") from None
         raise
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafePathError(shown, "is not a regular file")
-        if info.st_nlink > 1:
-            raise UnsafePathError(shown, "has other hard links: writing it would change a "
-                                         "file elsewhere")
-        os.ftruncate(fd, 0)
+        if not fresh:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafePathError(shown, "is not a regular file")
+            if info.st_nlink > 1:
+                raise UnsafePathError(shown, "has other hard links: writing it would change "
+                                             "a file elsewhere")
+            os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

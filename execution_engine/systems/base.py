@@ -157,8 +157,13 @@ class Usage:
 
     def as_document(self) -> dict[str, Any]:
         """The job document's ``usage`` field: the known figures only."""
-        return {key: value for key, value in dataclasses.asdict(self).items()
-                if value is not None}
+        return {field.name: value for field in dataclasses.fields(self)
+                if (value := getattr(self, field.name)) is not None}
+
+    @property
+    def measured(self) -> bool:
+        """Whether every figure a job script's usage record could give is known already."""
+        return None not in (self.wall_s, self.cpu_s, self.max_rss_mb)
 
     def or_else(self, other: Usage | None) -> Usage:
         """These figures, with ``other``'s where these are not known."""
@@ -226,8 +231,10 @@ def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | N
     report = _ended_report(job, native_says, native_state)
     if report.state is JobState.FINISHED:
         reason = None
-    recorded = read_usage(job)
-    usage = recorded if usage is None else usage.or_else(recorded)
+    if usage is None:
+        usage = read_usage(job)
+    elif not usage.measured:  # the record is read only when it could add something
+        usage = usage.or_else(read_usage(job))
     return dataclasses.replace(report, reason=reason, usage=usage)
 
 
