@@ -284,10 +284,11 @@ class BoundedWalk:
         self.truncated = True
         self.why = self.why or why
 
-    def _names(self, fd: int) -> list[os.DirEntry[str]] | None:
-        """The entries of the directory ``fd``, sorted; None when over the budget."""
+    def _names(self, directory: int | Path) -> list[os.DirEntry[str]] | None:
+        """The entries of the directory ``directory`` (a descriptor, or the top's path),
+        sorted; None when over the budget."""
         entries = []
-        with os.scandir(fd) as it:
+        with os.scandir(directory) as it:
             for entry in it:
                 if self.budget <= 0:
                     self.exhausted = True
@@ -299,34 +300,36 @@ class BoundedWalk:
         return entries
 
     def __iter__(self) -> Iterator[Entry]:
+        # The top is trusted and listed by its path (fewer system calls than through a
+        # descriptor): its entries are looked at, and its folders entered, by their paths with
+        # the last component never followed; below, everything goes through descriptors.
         try:
-            top_fd = os.open(self.top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            entries = self._names(self.top)
         except OSError:
             return
-        # A stack of (directory descriptor, its prefix, its remaining entries).
-        stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
+        if entries is None:
+            return
+        # A stack of (directory descriptor, None for the top; its prefix; its remaining
+        # entries).
+        stack: list[tuple[int | None, str, Iterator[os.DirEntry[str]]]] = [
+            (None, "", iter(e for e in entries if e.name not in self.skip_top))]
         try:
-            entries = self._names(top_fd)
-            if entries is None:
-                return
-            stack.append((top_fd, "", iter(e for e in entries
-                                            if e.name not in self.skip_top)))
-            top_fd = -1  # owned by the stack now
             while stack and not self.exhausted:
                 fd, prefix, remaining = stack[-1]
                 entry = next(remaining, None)
                 if entry is None:
-                    os.close(stack.pop()[0])
+                    if (done := stack.pop()[0]) is not None:
+                        os.close(done)
                     continue
                 yield from self._visit(fd, prefix, entry, len(stack), stack)
         finally:
-            if top_fd >= 0:
-                os.close(top_fd)
             for fd, _, _ in stack:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
 
-    def _visit(self, fd: int, prefix: str, entry: os.DirEntry[str], depth: int,
-               stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]]) -> Iterator[Entry]:
+    def _visit(self, fd: int | None, prefix: str, entry: os.DirEntry[str], depth: int,
+               stack: list[tuple[int | None, str, Iterator[os.DirEntry[str]]]]
+               ) -> Iterator[Entry]:
         path = prefix + entry.name
         try:
             info = entry.stat(follow_symlinks=False)
@@ -344,7 +347,8 @@ class BoundedWalk:
                 self._stop(f"directories deeper than {self.max_depth} levels")
                 return
             try:
-                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                child = (os.open(entry.path, DIR_FLAGS) if fd is None
+                         else os.open(entry.name, DIR_FLAGS, dir_fd=fd))
             except OSError:  # replaced by a link or removed meanwhile: not entered
                 return
             try:

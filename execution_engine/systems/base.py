@@ -210,7 +210,8 @@ def read_exit_code(job: JobSpec) -> int | None:
 
 
 def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | None = None,
-                 *, reason: str | None = None, usage: Usage | None = None) -> StatusReport:
+                 *, reason: str | None = None, usage: Usage | None = None,
+                 exit_code: int | None = None) -> StatusReport:
     """The final report for a job the scheduler no longer runs, from its exit-code file.
 
     ``native_says`` is the scheduler's own word on the job, ``native_state`` the engine state
@@ -227,8 +228,11 @@ def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | N
 
     ``reason`` and ``usage`` (the system's evidence of why the job ended and what it used) are
     passed on in the report; a job that exited 0 completed, whatever ``reason`` says.
+    ``exit_code`` is the recorded exit code when the caller has read it already (None: it is
+    read here).
     """
-    report = _ended_report(job, native_says, native_state)
+    report = _ended_report(job, native_says, native_state,
+                           read_exit_code(job) if exit_code is None else exit_code)
     if report.state is JobState.FINISHED:
         reason = None
     if usage is None:
@@ -238,9 +242,8 @@ def ended_report(job: JobSpec, native_says: str = "", native_state: JobState | N
     return dataclasses.replace(report, reason=reason, usage=usage)
 
 
-def _ended_report(job: JobSpec, native_says: str, native_state: JobState | None
-                  ) -> StatusReport:
-    code = read_exit_code(job)
+def _ended_report(job: JobSpec, native_says: str, native_state: JobState | None,
+                  code: int | None) -> StatusReport:
     if code == 0:
         return StatusReport(JobState.FINISHED, 0)
     # The scheduler's words count when it said more than "over" (a job gone from its list, or

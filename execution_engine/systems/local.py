@@ -470,7 +470,8 @@ class LocalSystem(ExecutionSystem):
         else:
             usage = dataclasses.replace(received[0], node=self._host, signal=ended_by)
             self._reported.add(job.native_id or "")
-        report = ended_report(job, "(process gone)", reason=limit and limit[0], usage=usage)
+        report = ended_report(job, "(process gone)", reason=limit and limit[0], usage=usage,
+                              exit_code=code)
         if limit is not None and report.state is not JobState.FINISHED:
             report = dataclasses.replace(report, message=f"{limit[1]}: {report.message}")
         return report  # what is kept of the job is forgotten once it is no longer asked about
