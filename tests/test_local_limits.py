@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,9 +27,16 @@ from execution_engine.proc import process_start_time
 from execution_engine.reasons import Reason
 from execution_engine.states import JobState
 from execution_engine.systems import local_limits, records
-from execution_engine.systems.base import USAGE_NAME, Resources, host_name, read_usage
+from execution_engine.systems.base import (
+    USAGE_NAME,
+    Resources,
+    Usage,
+    host_name,
+    read_usage,
+)
 from execution_engine.systems.local import LocalSystem
 from execution_engine.systems.local_launch import Launch
+from execution_engine.systems.local_usage import parse_usage_line, usage_line
 from tests.cluster_helpers import make_job, submit, wait_reports
 from tests.conftest import Engine
 
@@ -342,8 +350,25 @@ def test_usage_records_memory_cpu_wall_and_node(engine_factory: Callable[..., En
     for doc in (doc_big, doc_spin, doc_killed):
         assert doc["usage"]["node"] == host_name()
     assert "signal" not in doc_spin["usage"]
+    # The spinning interpreter stays below the Submit actor's own peak memory, which Linux
+    # hands every process it spawns: no figure rather than the actor's.
+    assert "max_rss_mb" not in doc_spin["usage"], doc_spin["usage"]
     assert doc_killed["exit_code"] == 137
     assert doc_killed["usage"]["signal"] == "SIGKILL"
+
+
+def rusage(maxrss_kb: int) -> resource.struct_rusage:
+    return resource.struct_rusage((0.5, 0.25, maxrss_kb) + (0,) * 13)
+
+
+def test_a_usage_line_gives_a_peak_memory_only_above_its_starters() -> None:
+    killed = int(signal.SIGKILL)  # the wait status of a process ended by SIGKILL
+    below = parse_usage_line(usage_line("12:34", killed, rusage(40_000), 1.5,
+                                        starter_maxrss_kb=42_000))
+    assert below == ("12:34", Usage(wall_s=1.5, cpu_s=0.75, signal="SIGKILL"))
+    above = parse_usage_line(usage_line("12:34", 0, rusage(300_000), 1.5,
+                                        starter_maxrss_kb=42_000))
+    assert above == ("12:34", Usage(wall_s=1.5, cpu_s=0.75, max_rss_mb=293.0))
 
 
 @pytest.mark.skipif(not os.access(GNU_TIME, os.X_OK), reason=f"no {GNU_TIME}")

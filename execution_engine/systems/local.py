@@ -338,7 +338,8 @@ class LocalSystem(ExecutionSystem):
         if spawned is None:
             return
         job_dir, native_id, began = spawned
-        line = usage_line(native_id, status, usage, time.monotonic() - began)
+        line = usage_line(native_id, status, usage, time.monotonic() - began,
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         if not self._channel.send(line):
             _, *fields = line.split()
             _write_new_record(job_dir, USAGE_NAME, "\n".join(fields) + "\n")

@@ -190,10 +190,18 @@ class UsageChannel:
             self._writer = None
 
 
-def usage_line(native_id: str, status: int, usage: resource.struct_rusage, wall: float) -> str:
-    """The line :class:`UsageChannel` carries for a reaped job (``status``: its wait status)."""
+def usage_line(native_id: str, status: int, usage: resource.struct_rusage, wall: float,
+               starter_maxrss_kb: int) -> str:
+    """The line :class:`UsageChannel` carries for a reaped job (``status``: its wait status).
+
+    ``maxrss_kb`` is left out when it is not above ``starter_maxrss_kb``, the peak resident
+    memory of the process that started the job: a process spawned (``vfork``) and exec'd by it
+    inherits that peak as its own at ``exec`` (Linux keeps the largest of the memories a process
+    had), so a smaller figure tells nothing of the job. A job above it is measured exactly."""
     fields = [native_id, f"wall={wall:.3f}", f"user={usage.ru_utime:.3f}",
-              f"sys={usage.ru_stime:.3f}", f"maxrss_kb={usage.ru_maxrss}"]
+              f"sys={usage.ru_stime:.3f}"]
+    if usage.ru_maxrss > starter_maxrss_kb:
+        fields.append(f"maxrss_kb={usage.ru_maxrss}")
     if os.WIFSIGNALED(status):
         fields.append(f"signal={signal_name(os.WTERMSIG(status))}")
     return " ".join(fields) + "\n"
@@ -205,8 +213,9 @@ def parse_usage_line(line: str) -> tuple[str, Usage] | None:
     figures: dict[str, str] = dict(f.partition("=")[::2] for f in fields)
     try:
         user, system = float(figures["user"]), float(figures["sys"])
+        rss = figures.get("maxrss_kb")
         usage = Usage(wall_s=float(figures["wall"]), cpu_s=round(user + system, 3),
-                      max_rss_mb=round(int(figures["maxrss_kb"]) / 1024, 1),
+                      max_rss_mb=None if rss is None else round(int(rss) / 1024, 1),
                       signal=figures.get("signal"))
     except (KeyError, ValueError):
         return None
