@@ -114,9 +114,9 @@ cd {q(job_dir)} || exit {NO_JOB_DIR_EXIT}
 echo $$ >{PID_NAME}
 {_NO_LIMIT}
 # A TERM (a kill) goes to the command; the script waits for it and records its code.
-trap 'execd_term=1' TERM
+{_TERM_TRAP}
 {exports}
-# A TERM that came before the command started (it reaches only what runs): nothing starts.
+# The command (a TERM that came before it started ends the job: nothing runs).
 {run}
 echo "$execd_code" >{EXIT_CODE_NAME}
 exit "$execd_code"
@@ -141,17 +141,27 @@ if [ -n "${{execd_no_limit-}}" ]; then
 fi"""
 
 
+_TERM_TRAP = "trap 'execd_term=1' TERM"
+
 # Right before the command: a TERM after this check reaches the command itself.
 _TERM_CHECK = f'[ -z "${{execd_term-}}" ] || {{ echo 143 >{EXIT_CODE_NAME}; exit 143; }}'
 
-# The command runs in the background so that the script checks for a TERM *after* the command
-# exists: a TERM that came before is passed on to it, one that comes after reaches it with the
-# process group. ``wait`` returns early (143) when the trapped TERM arrives while the command
-# still runs, so it is asked again as long as the command's process is there (running, or a
-# zombie not reaped yet); once reaped, the last code ``wait`` gave is the command's own.
-_WAIT_COMMAND = """\
+# While the command is being started, TERM has its default action: a shell forked with the
+# script's trap would keep it until it runs the command, and swallow a TERM that reached it
+# before then (likeliest on a busy host, where the forked shell waits for a core before its
+# first instruction). So a TERM from here on ends the script at once, and the command with it
+# (the process group's), until the trap is set again once the command exists; a TERM noted
+# before (the trap's) ends the job with 143 and nothing runs.
+_START_COMMAND = f"trap - TERM\n{_TERM_CHECK}"
+
+# The command runs in the background so that the script can wait for it with the trap set:
+# ``wait`` returns early (143) when the trapped TERM arrives while the command still runs (the
+# TERM reached the command too, with the process group), so it is asked again as long as the
+# command's process is there (running, or a zombie not reaped yet); once reaped, the last code
+# ``wait`` gave is the command's own.
+_WAIT_COMMAND = f"""\
 execd_child=$!
-[ -z "${execd_term-}" ] || kill -TERM "$execd_child" 2>/dev/null
+{_TERM_TRAP}
 wait "$execd_child"
 execd_code=$?
 while kill -0 "$execd_child" 2>/dev/null; do
@@ -166,12 +176,12 @@ def _run_command(command: Sequence[str]) -> str:
     the same exit code (GNU time exits with the command's status, 128 + N for signal N, 126/127
     when it cannot run it), redirections and closing of the slot descriptor either way. A TERM
     that came before the command started ends the job with 143 and nothing runs; one that comes
-    while it starts is passed on to it (:data:`_WAIT_COMMAND`)."""
+    while it starts ends the script and the command at once (:data:`_START_COMMAND`)."""
     q = shlex.quote
     argv = " ".join(q(a) for a in command)
     redirections = f"</dev/null >{STDOUT_NAME} 2>{STDERR_NAME} {SLOT_FD}>&-"
     timed = f"{GNU_TIME} -q -o {USAGE_NAME} -f {q(USAGE_FORMAT)} -- {argv}"
-    return (f"{_TERM_CHECK}\n"
+    return (f"{_START_COMMAND}\n"
             f'if [ -z "$execd_usage" ] && [ -x {GNU_TIME} ]; then\n'
             f"  {timed} {redirections} &\n"
             f"else\n"
