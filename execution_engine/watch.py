@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 BURST_EVENTS = 200
 """Stream events within one second that make a burst."""
-BURST_POLL = 0.05
-"""Seconds between polls during a burst (the delay before a new job is seen then)."""
+BURST_POLL = 0.1
+"""Seconds between polls during a burst (the delay before a new job is seen then: the actors
+hand work on to each other directly meanwhile, so a poll mostly finds them busy already; each
+poll costs mongod four commands)."""
 QUIET = 1.0
 """Seconds the pipeline must stay empty before the stream is read again."""
 MAX_BURST = 5.0
