@@ -89,6 +89,8 @@ ACTIVE_INDEX = "active_by_system"
 """The jobs a Status actor follows, by system, host and ``engine_state``."""
 LIVE_INDEX = "engine_live"
 """Every job the engine holds and has not ended (partial on ``engine_state``)."""
+ARRAY_STATE_INDEX = "array_state"
+"""The jobs whose ``state`` a client made an array (partial: empty but for those)."""
 
 SUBMISSION_BOOKKEEPING = ("submission", "kill", "native_id", "exit_code", "next_attempt_at")
 """Fields the engine writes from submission on: a job claimed for building starts without
@@ -179,6 +181,12 @@ class JobStore:
         self.jobs.create_index(
             [("_id", ASCENDING), ("owner", ASCENDING)], name=LIVE_INDEX,
             partialFilterExpression={"engine_state": {"$in": NOT_ENDED}},
+        )
+        # A state that is an array is no state: found through an index of its own, since no
+        # index bounds can select arrays (a query for them would read every job ever run).
+        self.jobs.create_index(
+            [("_id", ASCENDING), ("state", ASCENDING)], name=ARRAY_STATE_INDEX,
+            partialFilterExpression={"state": {"$type": "array"}},
         )
         self.jobs.create_index(
             [("notification.state", ASCENDING), ("notification.next_attempt", ASCENDING)],
@@ -544,11 +552,13 @@ class JobStore:
         engine holds gets its state back instead: :meth:`enforce_engine_states`)."""
         known = [s.value for s in JobState]
         done = 0
-        for doc in self.jobs.find({"$or": [{"state": {"$nin": known}},
-                                           {"state": {"$type": "array"}}]},
-                                  _ENFORCE_PROJECTION
-                                  ).limit(limit):
-            done += self._enforce_one(doc, by=by)
+        # Two queries, each reading only the keys of what it looks for (as one ``$or`` the
+        # array test would make the server read every document, ended ones included).
+        for query, index in (({"state": {"$nin": known}}, CLAIM_INDEX),
+                             ({"state": {"$type": "array"}}, ARRAY_STATE_INDEX)):
+            cursor = self.jobs.find(query, _ENFORCE_PROJECTION).hint(index)
+            for doc in cursor.limit(max(1, limit - done)):
+                done += self._enforce_one(doc, by=by)
         return done
 
     def enforce_engine_states(self, *, by: str, job_ids: Iterable[Any] | None = None) -> int:

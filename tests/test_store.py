@@ -168,3 +168,24 @@ def test_notifications_are_claimed_only_when_the_engine_made_them_due(store: Job
     assert claimed["_id"] == sent
     store.jobs.update_one({"_id": sent}, {"$set": {"lease.until": utcnow() - timedelta(1)}})
     assert store.recover_expired(by="test")["notification"] == 1
+
+
+def test_unknown_and_array_states_are_ended_without_reading_the_ended_jobs(
+        store: JobStore) -> None:
+    ended = [store.insert({"state": "finished", "engine_state": "finished", "reason": "completed",
+                           "command": ["true"]}) for _ in range(300)]
+    bogus = store.insert({"state": "bogus", "command": ["true"]})
+    listed = store.insert({"state": ["to be built"], "command": ["true"]})
+    missing = store.insert({"command": ["true"]})
+    profiled = store.db.command("profile", 2)["was"]  # every operation, with what it read
+    try:
+        assert store.fail_unknown_states(by="test") == 3
+    finally:
+        store.db.command("profile", profiled)
+    for job in (bogus, listed, missing):
+        doc = store.get(job)
+        assert doc is not None and doc["state"] == "error", doc
+    assert store.get(ended[0])["state"] == "finished"  # type: ignore[index]
+    reads = list(store.db["system.profile"].find({"op": "query", "ns": store.jobs.full_name}))
+    assert reads, "the sweep's queries were not profiled"
+    assert sum(r.get("docsExamined", 0) for r in reads) <= 3 + 2, reads
