@@ -33,6 +33,13 @@ SWF_HEADER = """\
 """
 
 
+WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+"""Run Python with SIGINT at its default action, as from a terminal: a suite started in the
+background by a shell without job control hands its processes SIGINT ignored (and a program
+keeps ignoring ^C then, as it should)."""
+
+
 def sim_command(engine: Engine, report: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "sim.execd_sim", "-c", str(engine.config_path),
             "--report", str(report), "--timeout", "90", *args]
@@ -173,9 +180,10 @@ def test_interrupt_stops_submitting_and_reports_what_happened(engine_factory,
                                                               tmp_path: Path) -> None:
     engine = engine_factory(LOCAL4)
     report = tmp_path / "report.json"
+    command = sim_command(engine, report, "--jobs", "500", "--speed", "5", "--trivial",
+                          "--progress-interval", "0.1")
     process = subprocess.Popen(
-        sim_command(engine, report, "--jobs", "500", "--speed", "5", "--trivial",
-                    "--progress-interval", "0.1"),
+        [sys.executable, "-c", WITH_SIGINT, *command[1:]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     deadline = time.monotonic() + 60
