@@ -277,7 +277,7 @@ def early_end_report(job: JobSpec, node: str | None = None) -> StatusReport | No
     code = read_exit_code(job)
     if code is None or code > 128:
         return None
-    return ended_report(job, usage=None if node is None else Usage(node=node))
+    return ended_report(job, usage=None if node is None else Usage(node=node), exit_code=code)
 
 
 def describe_exit_code(code: int) -> str:
