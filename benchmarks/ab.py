@@ -16,6 +16,7 @@ git checkout the package runs from) and removed at the end.
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from benchmarks.engine import Pool, Subject
 from benchmarks.env import BenchDatabase, BenchEngine, EngineOptions
-from benchmarks.phases import engine_throughput, warm_up
+from benchmarks.phases import add_command_option, engine_throughput, warm_up
 from benchmarks.printing import print_cpu, say
 from execution_engine.store import connect
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=EngineOptions().slots,
                    help="Local slots, and the pool's concurrency (default: the cores)")
     p.add_argument("--timeout", type=float, default=600.0, help="per run (default 600)")
+    add_command_option(p)
     return p
 
 
@@ -82,13 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warm_up(subject.jobs)
                 engine.pause()
             say(f"A = {args.base}, B = the working tree; {args.rounds} rounds of {args.jobs} "
-                f"jobs, Local slots {args.slots}")
-            pool = Pool(root / "pool", args.jobs, args.slots)
+                f"jobs ({shlex.join(args.command)!r}), Local slots {args.slots}")
+            pool = Pool(root / "pool", args.jobs, args.slots, args.command)
             for index in range(1, args.rounds + 1):
                 for subject in subjects if index % 2 else subjects[::-1]:
                     subject.engine.resume()
                     result = engine_throughput(subject.engine, subject.jobs, args.jobs,
-                                               args.timeout, db.pid)
+                                               args.timeout, db.pid, command=args.command)
                     subject.engine.pause()
                     subject.runs.append(result)
                     say(f"  round {index} {subject.label}: {result.rate:.0f} jobs/s")

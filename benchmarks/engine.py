@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -38,7 +39,15 @@ from benchmarks.env import (
     EngineOptions,
     machine_info,
 )
-from benchmarks.phases import ThroughputResult, engine_throughput, idle_latency, preload, warm_up
+from benchmarks.phases import (
+    TRIVIAL_COMMAND,
+    ThroughputResult,
+    add_command_option,
+    engine_throughput,
+    idle_latency,
+    preload,
+    warm_up,
+)
 from benchmarks.pool import PoolRun, forge_job_dir, forge_job_dirs, run_pool
 from benchmarks.printing import (
     print_cpu,
@@ -63,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated, among {', '.join(PHASES)} (default: all)")
     p.add_argument("--jobs", type=int, default=2000, help="throughput jobs (default 2000)")
+    add_command_option(p)
     p.add_argument("--latency-jobs", type=int, default=200, help="latency jobs (default 200)")
     p.add_argument("--scale-ended", type=int, default=200_000)
     p.add_argument("--scale-waiting", type=int, default=20_000)
@@ -197,10 +207,12 @@ class Pool:
     file systems (ext4 without a journal scans recently deleted inodes at every creation).
     """
 
-    def __init__(self, root: Path, jobs: int, slots: int) -> None:
+    def __init__(self, root: Path, jobs: int, slots: int,
+                 command: Sequence[str] = TRIVIAL_COMMAND) -> None:
         self.root = root
         self.jobs = jobs
         self.slots = slots
+        self.command = list(command)
         self.runs: list[PoolRun] = []
 
     @property
@@ -208,7 +220,7 @@ class Pool:
         return [self.jobs / r.seconds for r in self.runs]
 
     def run(self, index: int) -> None:
-        scripts = forge_job_dirs(self.root / f"run-{index}", self.jobs, ["true"])
+        scripts = forge_job_dirs(self.root / f"run-{index}", self.jobs, self.command)
         run = run_pool(scripts, self.slots)
         self.runs.append(run)
         jobs = self.jobs
@@ -225,7 +237,7 @@ def rounds(subjects: list[Subject], pool: Pool, db: BenchDatabase,
         for subject in subjects:
             subject.engine.resume()
             result = engine_throughput(subject.engine, subject.jobs, args.jobs, args.timeout,
-                                       db.pid)
+                                       db.pid, command=args.command)
             subject.engine.pause()
             subject.runs.append(result)
             print_run(subject.label, index, result, _load())
@@ -236,7 +248,7 @@ def rounds(subjects: list[Subject], pool: Pool, db: BenchDatabase,
             profiler = Profiler(Path(args.profile) / subject.label)
             profiler.start(subject.engine.processes())
             result = engine_throughput(subject.engine, subject.jobs, args.jobs, args.timeout,
-                                       db.pid)
+                                       db.pid, command=args.command)
             found = profiler.stop()
             subject.engine.pause()
             say(f"  {subject.label}: profiled run (not counted): {result.rate:.0f} jobs/s")
@@ -262,9 +274,10 @@ def throughput_phases(root: Path, db: BenchDatabase, options: EngineOptions,
                       args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
     names = [name for name, phase in (("empty daemon", "throughput"),
                                       ("scale daemon", "scale")) if phase in phases]
-    say(f"\n== throughput: {args.jobs} trivial jobs ('true') inserted at once, Local slots "
+    say(f"\n== throughput: {args.jobs} trivial jobs ({shlex.join(args.command)!r}) inserted at "
+        f"once, Local slots "
         f"{options.slots}; {args.repeat} rounds of: {', '.join([*names, 'plain pool'])}")
-    pool = Pool(root / "pool", args.jobs, options.slots)
+    pool = Pool(root / "pool", args.jobs, options.slots, args.command)
     subjects: list[Subject] = []
     try:
         if "throughput" in phases:

@@ -14,7 +14,9 @@ Waiting loops look at this run's jobs through an ``_id`` range (every id made he
 
 from __future__ import annotations
 
+import argparse
 import random
+import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,9 +69,24 @@ class LatencyResult:
     """The way to the start: insert -> built_at -> submitted_at -> the job's first moment."""
 
 
+#: The throughput benchmarks' job. ``true`` is built into ``sh``: a script that runs its command
+#: in the foreground runs no process for it at all, one that starts it in the background (as the
+#: job script does since the second stage, to pass a kill on exactly) forks one. ``--command
+#: /bin/true`` measures a job that runs a program, as every real job does.
+TRIVIAL_COMMAND = ["true"]
+
+
+def add_command_option(parser: argparse.ArgumentParser) -> None:
+    """``--command``: the throughput jobs' command line (split as a shell would)."""
+    parser.add_argument("--command", type=shlex.split, default=TRIVIAL_COMMAND,
+                        help="the throughput jobs' command (default 'true', built into sh; "
+                             "'/bin/true' runs a program)")
+
+
 def trivial_job(tag: str, command: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"_id": ObjectId(), "state": "to be built", "command": command or ["true"],
-            "name": (command or ["true"])[0], "metadata": {"bench": tag, **extra}}
+    argv = command or TRIVIAL_COMMAND
+    return {"_id": ObjectId(), "state": "to be built", "command": argv, "name": argv[0],
+            "metadata": {"bench": tag, **extra}}
 
 
 def wait_done(jobs: Collection[Any], first_id: ObjectId, tag: str, count: int,
@@ -102,14 +119,15 @@ def warm_up(jobs: Collection[Any], count: int = 20) -> None:
 
 
 def engine_throughput(engine: BenchEngine, jobs: Collection[Any], count: int,
-                      timeout: float, mongod_pid: int | None = None) -> ThroughputResult:
+                      timeout: float, mongod_pid: int | None = None, *,
+                      command: list[str] | None = None) -> ThroughputResult:
     tag = f"tp-{ObjectId()}"
     rss_start = _rss(engine, mongod_pid)
     cpu_start = _cpu(engine, mongod_pid)
     ops_start = server_counters(jobs)
     first = ObjectId()
     began = datetime.now(UTC)
-    docs = [trivial_job(tag, inserted_at=began) for _ in range(count)]
+    docs = [trivial_job(tag, command, inserted_at=began) for _ in range(count)]
     t0 = time.time()
     jobs.insert_many(docs, ordered=False)
     insert_s = time.time() - t0

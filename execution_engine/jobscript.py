@@ -156,15 +156,16 @@ _START_COMMAND = f"trap - TERM\n{_TERM_CHECK}"
 
 # The command runs in the background so that the script can wait for it with the trap set:
 # ``wait`` returns early (143) when the trapped TERM arrives while the command still runs (the
-# TERM reached the command too, with the process group), so it is asked again as long as the
-# command's process is there (running, or a zombie not reaped yet); once reaped, the last code
-# ``wait`` gave is the command's own.
+# TERM reached the command too, with the process group), so after a TERM it is asked again as
+# long as the command's process is there (running, or a zombie not reaped yet); once reaped,
+# the last code ``wait`` gave is the command's own. Without a TERM, ``wait`` returned because
+# the command ended: its code is final, and nothing more is asked (no process to look for).
 _WAIT_COMMAND = f"""\
 execd_child=$!
 {_TERM_TRAP}
 wait "$execd_child"
 execd_code=$?
-while kill -0 "$execd_child" 2>/dev/null; do
+while [ -n "${{execd_term-}}" ] && kill -0 "$execd_child" 2>/dev/null; do
   wait "$execd_child"
   execd_code=$?
 done"""
