@@ -171,6 +171,17 @@ while [ -n "${{execd_term-}}" ] && kill -0 "$execd_child" 2>/dev/null; do
 done"""
 
 
+def run_waited(text: str) -> str:
+    """The lines running ``text`` (one shell command, its redirections included) as the job's
+    command is run, and setting ``execd_code`` to its exit code: started in the background with
+    TERM at its default action, then waited for with the trap set. A TERM the script noted
+    before (between two steps of an application's body, say) ends the job with 143 and nothing
+    more runs; one that comes while it starts ends the script and it at once; one that comes
+    while it runs reaches it, and the script records its code (:data:`_START_COMMAND`,
+    :data:`_WAIT_COMMAND`)."""
+    return f"{_START_COMMAND}\n{text} &\n{_WAIT_COMMAND}"
+
+
 def _run_command(command: Sequence[str]) -> str:
     """The lines running ``command`` and setting ``execd_code`` to its exit code: under GNU
     time when it is there at run time and the system does not record usage itself, else as is;
@@ -259,5 +270,6 @@ __all__ = [
     "forge_script",
     "job_environment",
     "make_job_dir",
+    "run_waited",
     "write_script",
 ]

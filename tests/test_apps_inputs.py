@@ -167,6 +167,17 @@ def _markups(job_dir: Path, **values: str) -> dict[str, str]:
     return {**values, **engine}
 
 
+def _run_forged(definition: AppDefinition, job_dir: Path, **values: str
+                ) -> subprocess.CompletedProcess[bytes]:
+    """Forge ``definition``'s job script in a new ``job_dir`` and run it to its end."""
+    (job_dir / ".execd").mkdir(parents=True)
+    body = forge_body(definition, _markups(job_dir, **values), "local")
+    script = job_dir / ".execd" / "job.sh"
+    script.write_text(forge_script(job_id="j1", job_dir=str(job_dir), command=(),
+                                   environment={}, body=body))
+    return subprocess.run(["/bin/sh", str(script)], check=False, timeout=60)
+
+
 def test_no_value_can_inject_commands_into_the_forged_script(
         app: AppDefinition, tmp_path: Path, text_file: Path) -> None:
     job_dir = tmp_path / "job"
@@ -203,12 +214,7 @@ def test_a_failing_phase_stops_the_job_and_is_recorded(app: AppDefinition, tmp_p
         "prolog": "echo prolog\n", "execute": "echo working; exit 7\n",
         "epilog": "touch epilog-ran\n"}})
     job_dir = tmp_path / "job"
-    (job_dir / ".execd").mkdir(parents=True)
-    body = forge_body(failing, _markups(job_dir), "local")
-    script = job_dir / ".execd" / "job.sh"
-    script.write_text(forge_script(job_id="j1", job_dir=str(job_dir), command=(),
-                                   environment={}, body=body))
-    result = subprocess.run(["/bin/sh", str(script)], check=False)
+    result = _run_forged(failing, job_dir)
     assert result.returncode == 7
     assert (job_dir / ".execd" / "exit_code").read_text().strip() == "7"
     assert (job_dir / ".execd" / "failed_phase").read_text().strip() == "execute"
@@ -219,18 +225,31 @@ def test_a_failing_phase_stops_the_job_and_is_recorded(app: AppDefinition, tmp_p
     assert not (job_dir / ".execd" / "epilog.exit_code").exists()
 
 
+def test_a_term_noted_during_a_phase_ends_the_job_before_the_next_one(app: AppDefinition,
+                                                                     tmp_path: Path) -> None:
+    """A cancel is not lost when it reaches the script but not the phase (a TERM between two
+    phases, or to the script alone, as here): the phase ends as it would, and the next one never
+    starts."""
+    stopped = AppDefinition.from_doc({**app.to_doc(), "environments": {}, "templates": {
+        "prolog": 'kill -TERM "$(cat .execd/pid)"\nsleep 0.3\necho prolog done\n',
+        "execute": "touch execute-ran\n", "epilog": "touch epilog-ran\n"}})
+    job_dir = tmp_path / "job"
+    result = _run_forged(stopped, job_dir)
+    assert result.returncode == 143
+    assert (job_dir / ".execd" / "exit_code").read_text().strip() == "143"
+    assert (job_dir / "prolog.stdout").read_text() == "prolog done\n"
+    assert (job_dir / ".execd" / "prolog.exit_code").read_text().strip() == "0"
+    assert not (job_dir / "execute-ran").exists()
+    assert not (job_dir / ".execd" / "execute.exit_code").exists()
+    assert not (job_dir / "epilog-ran").exists()
+
+
 @pytest.mark.parametrize(("snippet", "code"), [("false\n", 1), ("exit 0\n", 1), ("exit 5\n", 5)])
 def test_a_failing_environment_snippet_stops_the_job(app: AppDefinition, tmp_path: Path,
                                                      snippet: str, code: int) -> None:
     broken = AppDefinition.from_doc({**app.to_doc(), "environments": {"default": snippet}})
     job_dir = tmp_path / "job"
-    (job_dir / ".execd").mkdir(parents=True)
-    body = forge_body(broken, _markups(job_dir, **dict.fromkeys(app_inputs(app), "1")),
-                      "local")
-    script = job_dir / ".execd" / "job.sh"
-    script.write_text(forge_script(job_id="j1", job_dir=str(job_dir), command=(),
-                                   environment={}, body=body))
-    subprocess.run(["/bin/sh", str(script)], check=False)
+    _run_forged(broken, job_dir, **dict.fromkeys(app_inputs(app), "1"))
     assert (job_dir / ".execd" / "exit_code").read_text().strip() == str(code)
     assert (job_dir / ".execd" / "failed_phase").read_text().strip() == "environment"
     assert not (job_dir / "prolog.stdout").exists()

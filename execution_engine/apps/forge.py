@@ -8,7 +8,9 @@ after it. Within the body:
   variables reach every phase); its output goes to ``environment.stdout``/``.stderr``;
 * each phase runs in a subshell (an ``exit`` or ``cd`` in a template ends or stays in that
   phase), with stdin from ``/dev/null``, stdout and stderr into ``<phase>.stdout`` and
-  ``<phase>.stderr``, its exit code into ``.execd/<phase>.exit_code``;
+  ``<phase>.stderr``, its exit code into ``.execd/<phase>.exit_code``; it is started and waited
+  for as a plain job's command is, so that a cancel reaches it (one that comes between two
+  phases ends the job with 143 before the next one starts);
 * the first step that fails (non-zero status) stops the job: its name goes into
   ``.execd/failed_phase`` and its code becomes the job's exit code.
 
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from execution_engine.apps.definition import PHASES, AppDefinition
 from execution_engine.apps.markup import substitute
 from execution_engine.errors import AppError
+from execution_engine.jobscript import run_waited
 from execution_engine.systems.base import ENGINE_DIR, EXIT_CODE_NAME
 
 ENVIRONMENT = "environment"
@@ -51,15 +54,21 @@ class ForgeError(AppError):
 
 
 def _step(name: str, text: str, *, subshell: bool) -> str:
-    """The lines running one step and recording how it ended."""
-    opening, closing = ("(", ")") if subshell else ("{ :", "}")
+    """The lines running one step and recording how it ended. A phase (``subshell``) is run as
+    a plain job's command is (:func:`~execution_engine.jobscript.run_waited`), so that a cancel
+    reaches it exactly: one noted between two phases ends the job before the next one starts.
+    The environment snippet runs in the script's own shell, as a group."""
     if not text.endswith("\n"):
         text += "\n"
+    redirections = f"</dev/null >{name}.stdout 2>{name}.stderr {_SLOT_CLOSED}"
+    if subshell:
+        run = run_waited(f"(\n{text}) {redirections}") + "\nexecd_rc=$execd_code\n"
+    else:
+        run = f"{{ :\n{text}}} {redirections}\nexecd_rc=$?\n"
     return (
         f"# ---- {name}\n"
         f'if [ "$execd_rc" -eq 0 ]; then\n'
-        f"{opening}\n{text}{closing} </dev/null >{name}.stdout 2>{name}.stderr {_SLOT_CLOSED}\n"
-        f"execd_rc=$?\n"
+        f"{run}"
         f'echo "$execd_rc" >{phase_exit_code_name(name)}\n'
         f'[ "$execd_rc" -eq 0 ] || echo {name} >{FAILED_PHASE_NAME}\n'
         f"fi\n"
