@@ -84,7 +84,7 @@ def add_command_option(parser: argparse.ArgumentParser) -> None:
 
 
 def trivial_job(tag: str, command: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    argv = command or TRIVIAL_COMMAND
+    argv = list(command or TRIVIAL_COMMAND)
     return {"_id": ObjectId(), "state": "to be built", "command": argv, "name": argv[0],
             "metadata": {"bench": tag, **extra}}
 
