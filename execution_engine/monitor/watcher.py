@@ -11,9 +11,9 @@ It also acts at once on writes no engine process makes: a job inserted in a stat
 beside it, makes the store restore the engine's states (``JobStore.enforce_engine_states``); a
 job inserted with an ``engine_state`` (the engine never inserts one) is refused
 (``JobStore.refuse_forged_insert``); a state no one knows ends the job in ``error``; a
-cancellation of a job not yet submitted ends it. During a burst the stream is closed: forged
-inserts are watched for on their own, and the other writes of the burst are looked for once the
-stream is open again.
+cancellation of a job not yet submitted ends it. During a burst the stream is closed: the writes
+no engine process makes (forged inserts, and clients' writes of ``state``) are watched for on
+their own, so that no sweep of every live job is needed once the burst is over.
 """
 
 from __future__ import annotations
@@ -82,13 +82,29 @@ STREAM_PIPELINE: list[dict[str, Any]] = [
 ]
 
 
-FORGED_INSERTS: list[dict[str, Any]] = [
-    {"$match": {"operationType": "insert", "fullDocument.engine_state": {"$exists": True}}},
-    {"$project": {"documentKey": 1, "fullDocument.state": 1, "fullDocument.engine_state": 1}},
+BURST_PIPELINE: list[dict[str, Any]] = [
+    {"$match": {"$or": [
+        {"operationType": "insert", "fullDocument.engine_state": {"$exists": True}},
+        {"operationType": "insert", "fullDocument.state": {"$nin": list(INSERTABLE_STATES)}},
+        {"operationType": "replace"},
+        {"updateDescription.updatedFields.state": {"$exists": True},
+         "updateDescription.updatedFields.engine_state": {"$exists": False}},
+        {"updateDescription.removedFields": "state"},
+    ]}},
+    {"$project": {
+        "operationType": 1,
+        "documentKey": 1,
+        "fullDocument.state": 1,
+        "fullDocument.engine_state": 1,
+        "updateDescription.updatedFields.state": 1,
+        "updateDescription.updatedFields.engine_state": 1,
+        "updateDescription.removedFields": 1,
+    }},
 ]
-"""Inserts that carry an ``engine_state`` (the engine never inserts one): seen by the stream,
-and during a burst (when the stream is closed) by a watch of their own, since nothing else tells
-them from the engine's jobs."""
+"""What the watch of a burst (when the main stream is closed) lets through: the writes no engine
+process makes, as :func:`client_wrote_state` tells them, and inserts that carry an
+``engine_state`` (the engine never inserts one; nothing else tells them from the engine's jobs).
+The burst's own inserts (``to be built``) and the engine's writes stay in the server."""
 
 
 def pool_for_state(state: JobState | None) -> str | None:
@@ -141,10 +157,13 @@ class ChangeWatcher:
         self.resume_token: Mapping[str, Any] | None = None
         self.polling = False
         """True when the server offers no change stream: the Monitor polls and sweeps often."""
-        self.forged: Any = None
-        """The watch for forged inserts, open during a burst (:meth:`open_forged`)."""
+        self.burst_watch: Any = None
+        """The watch of clients' writes, open during a burst (:meth:`open_burst_watch`)."""
         self.after_burst = False
-        """A burst ended: sweep for what clients wrote during it once the stream is open."""
+        """A burst ended: look for unknown states once the stream is open again."""
+        self.burst_watch_lost = False
+        """The burst's watch failed to open or broke: clients' writes during the burst are
+        looked for by a sweep of every live job once the stream is open again."""
 
     # ------------------------------------------------------------------ the stream
     def open(self) -> None:
@@ -166,15 +185,17 @@ class ChangeWatcher:
             log.warning("cannot open the change stream: %s", exc)
             time.sleep(self.poll_interval)
             return
-        # A burst's watch for forged inserts ends once the stream sees them again: it is read
+        # A burst's watch of clients' writes ends once the stream sees them again: it is read
         # once more now (up to a moment after the stream opened, so nothing falls between).
-        self.read_forged()
-        self.close_forged()
+        self.read_burst_watch()
+        self.close_burst_watch()
         if self.after_burst:
-            # Clients' writes of state during the burst were in no stream: looked for once,
-            # now that the stream sees every later one.
             self.after_burst = False
-            self._guard(lambda: self.store.enforce_engine_states(by="monitor"))
+            if self.burst_watch_lost:  # what clients wrote during the burst was seen by none
+                self.burst_watch_lost = False
+                self._guard(lambda: self.store.enforce_engine_states(by="monitor"))
+            # Unknown states, through their own indexes (an insert with an array state, say,
+            # holding the initial one, is a write the watch cannot tell by its value).
             self._guard(lambda: self.store.fail_unknown_states(by="monitor"))
         # Work may have arrived before the stream opened: let every pool look once.
         for bell in self.bells.values():
@@ -183,7 +204,7 @@ class ChangeWatcher:
     def read(self) -> None:
         """Handle what the stream has (waiting up to its await time). A broken stream is
         reopened where it stopped; a burst closes it (reopened afresh after the burst), and
-        watches for forged inserts from where it stopped until then."""
+        watches clients' writes from where it stopped until then."""
         if self.stream is None:
             return
         try:
@@ -192,7 +213,7 @@ class ChangeWatcher:
                 self.on_change(change)
                 if self.burst.on_event():
                     log.debug("burst: polling instead of reading the change stream")
-                    self.open_forged(change.get("clusterTime"))
+                    self.open_burst_watch(change.get("clusterTime"))
                     self.stream.close()
                     self.stream, self.resume_token = None, None
                     return
@@ -203,34 +224,48 @@ class ChangeWatcher:
             self.stream = None
             time.sleep(self.poll_interval)
 
-    # ------------------------------------------------------------------ forged inserts
-    def open_forged(self, since: Timestamp | None) -> None:
-        """Watch :data:`FORGED_INSERTS` from ``since`` (the time of the main stream's last
+    # ------------------------------------------------------------------ clients' writes
+    def open_burst_watch(self, since: Timestamp | None) -> None:
+        """Watch :data:`BURST_PIPELINE` from ``since`` (the time of the main stream's last
         event; a resume token of a stream with another filter cannot be resumed from): only
-        while the main stream is closed, so that the server reads its log once."""
+        while the main stream is closed, so that the server reads its log once. Should it fail,
+        the whole sweep is made once the burst is over, as without a stream."""
         try:
-            self.forged = self.store.jobs.watch(FORGED_INSERTS, max_await_time_ms=1,
-                                                start_at_operation_time=since)
+            self.burst_watch = self.store.jobs.watch(BURST_PIPELINE, max_await_time_ms=1,
+                                                     start_at_operation_time=since)
         except PyMongoError as exc:
-            log.warning("cannot watch for forged inserts during the burst: %s", exc)
+            log.warning("cannot watch clients' writes during the burst: %s", exc)
+            self.burst_watch_lost = True
 
-    def read_forged(self) -> None:
-        """Refuse the jobs inserted with an ``engine_state`` since the last read."""
-        if self.forged is None:
+    def read_burst_watch(self) -> None:
+        """Act on the writes no engine process made since the last read."""
+        if self.burst_watch is None:
             return
         try:
-            change = self.forged.try_next()
+            change = self.burst_watch.try_next()
             while change is not None and not self._stopping():
-                self.refuse_forged(change)
-                change = self.forged.try_next() if self.forged.alive else None
+                self.on_client_write(change)
+                change = self.burst_watch.try_next() if self.burst_watch.alive else None
         except PyMongoError as exc:
-            log.warning("watch for forged inserts interrupted: %s", exc)
-            self.close_forged()
+            log.warning("watch of clients' writes interrupted: %s", exc)
+            self.burst_watch_lost = True
+            self.close_burst_watch()
 
-    def close_forged(self) -> None:
-        if self.forged is not None:
-            self.forged.close()
-            self.forged = None
+    def close_burst_watch(self) -> None:
+        if self.burst_watch is not None:
+            self.burst_watch.close()
+            self.burst_watch = None
+
+    def on_client_write(self, change: Mapping[str, Any]) -> None:
+        """Refuse a forged insert, or restore the engine's states over a client's write of
+        ``state`` (other events: nothing)."""
+        doc = change.get("fullDocument") or {}
+        if change.get("operationType") == "insert" and "engine_state" in doc:
+            self.refuse_forged(change)
+        elif client_wrote_state(change):
+            key = (change.get("documentKey") or {}).get("_id")
+            self._guard(lambda: self.store.enforce_engine_states(
+                by="monitor", job_ids=None if key is None else [key]))
 
     def refuse_forged(self, change: Mapping[str, Any]) -> None:
         doc = change.get("fullDocument") or {}
@@ -239,10 +274,10 @@ class ChangeWatcher:
             doc.get("state"), doc.get("engine_state"), by="monitor"))
 
     def close(self) -> None:
-        for stream in (self.stream, self.forged):
+        for stream in (self.stream, self.burst_watch):
             if stream is not None:
                 stream.close()
-        self.stream = self.forged = None
+        self.stream = self.burst_watch = None
 
     def on_change(self, change: Mapping[str, Any]) -> None:
         """Ring the pools one stream event concerns, and act on writes no engine makes."""
@@ -255,12 +290,7 @@ class ChangeWatcher:
             fields = description.get("updatedFields") or {}
             raw_state = fields.get("state")
             cancel = fields.get("cancel_requested")
-        if change["operationType"] == "insert" and "engine_state" in doc:
-            self.refuse_forged(change)
-        if client_wrote_state(change):
-            key = (change.get("documentKey") or {}).get("_id")
-            self._guard(lambda: self.store.enforce_engine_states(
-                by="monitor", job_ids=None if key is None else [key]))
+        self.on_client_write(change)
         if raw_state is not None or change["operationType"] != "update":
             self.split.note()  # a subjob may have moved: its master may follow
             state = parse_state(raw_state)
@@ -301,7 +331,7 @@ class ChangeWatcher:
     def poll_burst(self) -> None:
         """One poll during a burst: ring the pools that have work, act on cancellations and
         unknown states, and tell the burst watch whether the pipeline still holds jobs."""
-        self.read_forged()
+        self.read_burst_watch()
         try:
             backlog = self.store.backlog()
         except PyMongoError as exc:
