@@ -244,7 +244,24 @@ def test_a_term_noted_during_a_phase_ends_the_job_before_the_next_one(app: AppDe
     assert not (job_dir / "epilog-ran").exists()
 
 
-@pytest.mark.parametrize(("snippet", "code"), [("false\n", 1), ("exit 0\n", 1), ("exit 5\n", 5)])
+def test_the_phases_run_in_the_job_directory_wherever_the_environment_snippet_went(
+        app: AppDefinition, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moving = AppDefinition.from_doc({**app.to_doc(), "environments": {
+        "default": f"cd {elsewhere}\nexport FROM_ENV=yes\n"}, "templates": {
+        "execute": 'pwd >where.txt\necho "$FROM_ENV" >>where.txt\n'}})
+    job_dir = tmp_path / "job"
+    result = _run_forged(moving, job_dir)
+    assert result.returncode == 0
+    assert (job_dir / "where.txt").read_text() == f"{job_dir}\nyes\n"
+    assert (job_dir / ".execd" / "environment.exit_code").read_text().strip() == "0"
+    assert (job_dir / ".execd" / "exit_code").read_text().strip() == "0"
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(("snippet", "code"), [("false\n", 1), ("exit 0\n", 1), ("exit 5\n", 5),
+                                               ("cd /\nexit 6\n", 6)])
 def test_a_failing_environment_snippet_stops_the_job(app: AppDefinition, tmp_path: Path,
                                                      snippet: str, code: int) -> None:
     broken = AppDefinition.from_doc({**app.to_doc(), "environments": {"default": snippet}})

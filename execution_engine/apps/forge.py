@@ -5,7 +5,8 @@ forge_script`), which exports the job's environment before it and records ``.exe
 after it. Within the body:
 
 * the environment snippet runs in the script's own shell (its ``module load``, ``PATH`` and
-  variables reach every phase); its output goes to ``environment.stdout``/``.stderr``;
+  variables reach every phase); its output goes to ``environment.stdout``/``.stderr``; the
+  script then goes back to the job directory, wherever the snippet went (``cd $APP_HOME``);
 * each phase runs in a subshell (an ``exit`` or ``cd`` in a template ends or stays in that
   phase), with stdin from ``/dev/null``, stdout and stderr into ``<phase>.stdout`` and
   ``<phase>.stderr``, its exit code into ``.execd/<phase>.exit_code``; it is started and waited
@@ -20,12 +21,13 @@ unknown is a build error naming the file and line.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 
 from execution_engine.apps.definition import PHASES, AppDefinition
 from execution_engine.apps.markup import substitute
 from execution_engine.errors import AppError
-from execution_engine.jobscript import run_waited
+from execution_engine.jobscript import NO_JOB_DIR_EXIT, run_waited
 from execution_engine.systems.base import ENGINE_DIR, EXIT_CODE_NAME
 
 ENVIRONMENT = "environment"
@@ -33,11 +35,15 @@ FAILED_PHASE_NAME = f"{ENGINE_DIR}/failed_phase"
 _SLOT_CLOSED = "9>&-"  # the Local slot lock stays with the script, not with the application
 
 
+_HOME = "execd_home"
+"""The shell variable holding the job directory, to come back to after the snippet."""
+
 _EXIT_GUARD = (
-    # A snippet that calls exit would end the script before it records anything: record it.
-    "trap 'execd_rc=$?; [ -s " + EXIT_CODE_NAME + " ] || { [ \"$execd_rc\" -ne 0 ] || execd_rc=1; "
-    "echo " + ENVIRONMENT + " >" + FAILED_PHASE_NAME + "; echo \"$execd_rc\" >" + EXIT_CODE_NAME
-    + "; }' EXIT\n"
+    # A snippet that calls exit would end the script before it records anything: record it
+    # (in the job directory, wherever the snippet went).
+    "trap 'execd_rc=$?; cd \"$" + _HOME + "\" || exit; [ -s " + EXIT_CODE_NAME + " ] || "
+    "{ [ \"$execd_rc\" -ne 0 ] || execd_rc=1; echo " + ENVIRONMENT + " >" + FAILED_PHASE_NAME
+    + "; echo \"$execd_rc\" >" + EXIT_CODE_NAME + "; }' EXIT\n"
 )
 
 
@@ -53,18 +59,9 @@ class ForgeError(AppError):
         super().__init__("; ".join(problems))
 
 
-def _step(name: str, text: str, *, subshell: bool) -> str:
-    """The lines running one step and recording how it ended. A phase (``subshell``) is run as
-    a plain job's command is (:func:`~execution_engine.jobscript.run_waited`), so that a cancel
-    reaches it exactly: one noted between two phases ends the job before the next one starts.
-    The environment snippet runs in the script's own shell, as a group."""
-    if not text.endswith("\n"):
-        text += "\n"
-    redirections = f"</dev/null >{name}.stdout 2>{name}.stderr {_SLOT_CLOSED}"
-    if subshell:
-        run = run_waited(f"(\n{text}) {redirections}") + "\nexecd_rc=$execd_code\n"
-    else:
-        run = f"{{ :\n{text}}} {redirections}\nexecd_rc=$?\n"
+def _step(name: str, run: str) -> str:
+    """The lines running one step when none failed before (``run`` sets ``execd_rc``), and
+    recording how it ended."""
     return (
         f"# ---- {name}\n"
         f'if [ "$execd_rc" -eq 0 ]; then\n'
@@ -73,6 +70,32 @@ def _step(name: str, text: str, *, subshell: bool) -> str:
         f'[ "$execd_rc" -eq 0 ] || echo {name} >{FAILED_PHASE_NAME}\n'
         f"fi\n"
     )
+
+
+def _redirected(name: str, text: str, opening: str, closing: str) -> str:
+    """``text`` between ``opening`` and ``closing``, with the step's redirections."""
+    if not text.endswith("\n"):
+        text += "\n"
+    return (f"{opening}\n{text}{closing} </dev/null >{name}.stdout 2>{name}.stderr "
+            f"{_SLOT_CLOSED}")
+
+
+def _phase(name: str, text: str) -> str:
+    """A phase, in a subshell, run as a plain job's command is
+    (:func:`~execution_engine.jobscript.run_waited`), so that a cancel reaches it exactly: one
+    noted between two phases ends the job before the next one starts."""
+    return _step(name, run_waited(_redirected(name, text, "(", ")"))
+                 + "\nexecd_rc=$execd_code\n")
+
+
+def _environment(text: str, job_dir: str) -> str:
+    """The environment snippet, in the script's own shell (as a group), then back to
+    ``job_dir``: the phases run there, and the step's records are written there."""
+    return (f"{_HOME}={shlex.quote(job_dir)}\n{_EXIT_GUARD}"
+            + _step(ENVIRONMENT, f"{_redirected(ENVIRONMENT, text, '{ :', '}')}\n"
+                                 f"execd_rc=$?\n"
+                                 f'cd "${_HOME}" || execd_rc={NO_JOB_DIR_EXIT}\n')
+            + "trap - EXIT\n")
 
 
 def forge_body(app: AppDefinition, markups: Mapping[str, str], system: str) -> str:
@@ -86,10 +109,8 @@ def forge_body(app: AppDefinition, markups: Mapping[str, str], system: str) -> s
         def unknown_env(name: str, line: int, label: str = label) -> None:
             problems.append(f"{label}: line {line}: unknown markup @@{name}@@")
 
-        parts.append(_EXIT_GUARD)
         parts.append(f"# environment snippet {label} of {app.name}\n")
-        parts.append(_step(ENVIRONMENT, substitute(text, markups, unknown_env), subshell=False))
-        parts.append("trap - EXIT\n")
+        parts.append(_environment(substitute(text, markups, unknown_env), markups["JOB_DIR"]))
     for phase in PHASES:
         template = app.templates.get(phase)
         if template is None:
@@ -99,7 +120,7 @@ def forge_body(app: AppDefinition, markups: Mapping[str, str], system: str) -> s
         def unknown(name: str, line: int, label: str = label) -> None:
             problems.append(f"{label}: line {line}: unknown markup @@{name}@@")
 
-        parts.append(_step(phase, substitute(template, markups, unknown), subshell=True))
+        parts.append(_phase(phase, substitute(template, markups, unknown)))
     if problems:
         raise ForgeError(problems)
     parts.append('(exit "$execd_rc")\n')
