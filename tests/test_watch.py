@@ -209,8 +209,8 @@ class RecordingStore:
         return call
 
 
-def test_the_watcher_asks_the_store_to_restore_states_after_a_clients_write() -> None:
-    store = RecordingStore()
+def recording_watcher(store: RecordingStore) -> tuple[ChangeWatcher, dict[str, Bell]]:
+    """A watcher on ``store`` (its calls cleared), and its bells."""
     bells = {kind: Bell(multiprocessing.get_context("spawn"))
              for kind in ("building", "submit", "status", "notification")}
     follower = SplitFollower("test", min_gap=3600)
@@ -222,6 +222,12 @@ def test_the_watcher_asks_the_store_to_restore_states_after_a_clients_write() ->
     watcher = ChangeWatcher(store, bells, follower,  # type: ignore[arg-type]
                             poll_interval=0.1, guard=run, stopping=lambda: False)
     store.calls.clear()
+    return watcher, bells
+
+
+def test_the_watcher_asks_the_store_to_restore_states_after_a_clients_write() -> None:
+    store = RecordingStore()
+    watcher, bells = recording_watcher(store)
 
     watcher.on_change({"operationType": "update", "documentKey": {"_id": 7},
                        "updateDescription": {"updatedFields": {"state": "running",
@@ -263,13 +269,7 @@ def test_after_a_burst_only_what_the_burst_watch_saw_is_restored(watch_lost: boo
     only when the watch was lost during the burst (what clients wrote was then seen by none)."""
     store = RecordingStore()
     store.jobs = FakeJobs()  # type: ignore[attr-defined]
-    bells = {kind: Bell(multiprocessing.get_context("spawn"))
-             for kind in ("building", "submit", "status", "notification")}
-    follower = SplitFollower("test", min_gap=3600)
-    follower.tick(store)  # type: ignore[arg-type] # its first pass now; none later
-    watcher = ChangeWatcher(store, bells, follower,  # type: ignore[arg-type]
-                            poll_interval=0.1, guard=lambda action: action(),
-                            stopping=lambda: False)
+    watcher, _ = recording_watcher(store)
     watcher.burst_watch = FakeStream([
         {"operationType": "update", "documentKey": {"_id": 9},
          "updateDescription": {"updatedFields": {"state": "finished"}}},
@@ -278,7 +278,6 @@ def test_after_a_burst_only_what_the_burst_watch_saw_is_restored(watch_lost: boo
     ])
     watcher.after_burst = True
     watcher.burst_watch_lost = watch_lost
-    store.calls.clear()
 
     watcher.open()
 

@@ -51,14 +51,19 @@ INSERTABLE_STATES = (None, JobState.TO_BE_BUILT.value)
 # written or removed without it is a client's, and is kept in whatever state it names.
 _HANDED_ON_STATES = [JobState.BUILDING.value, JobState.SUBMITTING.value,
                      *(s.value for s in ACTIVE_STATES)]
+_CLIENT_STATE_UPDATES: list[dict[str, Any]] = [
+    {"updateDescription.updatedFields.state": {"$exists": True},
+     "updateDescription.updatedFields.engine_state": {"$exists": False}},
+    {"updateDescription.removedFields": "state"},
+]
+"""Updates that set or remove ``state`` without ``engine_state``: a client's (as
+:func:`client_wrote_state` tells them), in both pipelines."""
 STREAM_PIPELINE: list[dict[str, Any]] = [
     {"$match": {"$or": [
         {"operationType": {"$in": ["insert", "replace"]}},
         {"updateDescription.updatedFields.state": {"$exists": True,
                                                    "$nin": _HANDED_ON_STATES}},
-        {"updateDescription.updatedFields.state": {"$exists": True},
-         "updateDescription.updatedFields.engine_state": {"$exists": False}},
-        {"updateDescription.removedFields": "state"},
+        *_CLIENT_STATE_UPDATES,
         {"updateDescription.updatedFields.cancel_requested": {"$exists": True}},
         {"updateDescription.updatedFields.hold_requested": {"$exists": True}},
         {f"updateDescription.updatedFields.{REQUEST}": {"$exists": True}},
@@ -87,9 +92,7 @@ BURST_PIPELINE: list[dict[str, Any]] = [
         {"operationType": "insert", "fullDocument.engine_state": {"$exists": True}},
         {"operationType": "insert", "fullDocument.state": {"$nin": list(INSERTABLE_STATES)}},
         {"operationType": "replace"},
-        {"updateDescription.updatedFields.state": {"$exists": True},
-         "updateDescription.updatedFields.engine_state": {"$exists": False}},
-        {"updateDescription.removedFields": "state"},
+        *_CLIENT_STATE_UPDATES,
     ]}},
     {"$project": {
         "operationType": 1,
